@@ -1,0 +1,236 @@
+"""Loading and saving weights safely: safetensors or ``torch.load(weights_only=True)``, never plain pickle.
+
+Official checkpoints come in many wrappers (``{'model': ...}``, ``{'state_dict_ema': ...}``, ``module.`` prefixes
+from DataParallel) and in the official key layout; :func:`load_checkpoint` unwraps them, runs the family's
+``checkpoint_filter_fn`` and reports every mismatch in one readable error.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save_file as save_safetensors
+from timm.models import adapt_input_conv
+
+__all__ = [
+    'CheckpointError', 'read_state_dict', 'unwrap_state_dict', 'load_checkpoint', 'save_checkpoint',
+    'pretrained_error', 'safe_load_context',
+]
+
+# Checked in this order. EMA weights win when present (``use_ema=True``, timm's default too): the official training
+# scripts of our families (DeiT-style) evaluate and publish the EMA model when they keep one.
+_WRAPPER_KEYS = ('state_dict', 'model', 'module', 'net', 'weights')
+_EMA_KEYS = ('state_dict_ema', 'model_ema')
+# DeiT-style training checkpoints store their argparse options next to the weights; a Namespace only holds
+# attributes, so allowing it keeps weights_only loading safe while accepting those files.
+_SAFE_GLOBALS = [argparse.Namespace]
+_TORCH_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.tar')
+
+FilterFn = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, or whose weights do not fit the model."""
+
+
+def pretrained_error(name: str, cause: BaseException) -> CheckpointError:
+    """The error for pretrained weights that could not be fetched (typically: no network)."""
+    return CheckpointError(
+        f'{name}: could not fetch the pretrained weights ({type(cause).__name__}: {cause}). Without network access, '
+        f'download them elsewhere and pass pretrained_cfg_overlay=dict(file="path/to/weights.pth") together with '
+        f'pretrained=True, or checkpoint_path="path/to/weights.pth".')
+
+
+def safe_load_context():
+    """Context in which ``torch.load(weights_only=True)`` also accepts DeiT-style checkpoints' argparse options."""
+    return torch.serialization.safe_globals(_SAFE_GLOBALS)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint file as-is (possibly still wrapped), safely.
+
+    ``.safetensors`` goes through safetensors; ``.pth/.pt/.bin/.ckpt/.tar`` through ``torch.load(weights_only=True)``,
+    which refuses to run code stored in the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint {str(path)!r} does not exist or is not a file')
+    if path.stat().st_size == 0:
+        raise CheckpointError(f'checkpoint {str(path)!r} is empty')
+    if path.suffix == '.safetensors':
+        try:
+            return dict(load_safetensors(str(path), device='cpu'))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f'{str(path)!r} is not a readable safetensors file: {e}') from None
+    if path.suffix not in _TORCH_SUFFIXES:
+        raise CheckpointError(
+            f'{str(path)!r}: unknown checkpoint format {path.suffix!r}; use .safetensors or one of {_TORCH_SUFFIXES}')
+    try:
+        with safe_load_context():
+            obj = torch.load(str(path), map_location='cpu', weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError, RuntimeError (truncated zip), EOFError ...
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f'{str(path)!r} could not be loaded with torch.load(weights_only=True): {msg}. The file is corrupt, '
+            f'truncated, or stores objects other than tensors (which visionmix never unpickles).') from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f'{str(path)!r} holds a {type(obj).__name__}, not a state dict')
+    return dict(obj)
+
+
+def unwrap_state_dict(checkpoint: Mapping[str, Any], use_ema: bool = True) -> dict[str, torch.Tensor]:
+    """Find the tensor dict inside a training checkpoint and strip ``module.`` prefixes.
+
+    Args:
+        checkpoint: What :func:`read_state_dict` returned.
+        use_ema: Prefer ``state_dict_ema`` / ``model_ema`` when present (``False``: the raw model weights).
+    """
+    keys = (_EMA_KEYS + _WRAPPER_KEYS) if use_ema else _WRAPPER_KEYS
+    state = checkpoint
+    for _ in range(3):  # e.g. {'model': {'module.x': ...}} or {'state_dict': {'model': ...}}
+        if any(isinstance(v, torch.Tensor) for v in state.values()):
+            break
+        inner = next((state[k] for k in keys if isinstance(state.get(k), Mapping)), None)
+        if inner is None:
+            break
+        state = inner
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f'no tensors found in checkpoint (top-level keys: {sorted(checkpoint)[:10]})')
+    if all(k.startswith('module.') for k in tensors):
+        tensors = {k[len('module.'):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def _classifier_names(model: nn.Module) -> list[str]:
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    classifier = cfg.get('classifier') if isinstance(cfg, Mapping) else None
+    if not classifier:
+        return []
+    return [classifier] if isinstance(classifier, str) else list(classifier)
+
+
+def _first_convs(model: nn.Module) -> list[str]:
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    first = cfg.get('first_conv') if isinstance(cfg, Mapping) else None
+    if not first:
+        return []
+    return [first] if isinstance(first, str) else list(first)
+
+
+def _adapt_to_model(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Handle the two mismatches users expect to just work: another ``num_classes`` and another ``in_chans``."""
+    target = model.state_dict()
+    for conv in _first_convs(model):
+        key = f'{conv}.weight'
+        if key in state and key in target and state[key].shape[1] != target[key].shape[1]:
+            warnings.warn(f'adapting {key} from {state[key].shape[1]} to {target[key].shape[1]} input channels')
+            state[key] = adapt_input_conv(target[key].shape[1], state[key])
+    for head in _classifier_names(model):
+        for suffix in ('.weight', '.bias'):
+            key = head + suffix
+            if key in state and (key not in target or state[key].shape != target[key].shape):
+                warnings.warn(f'dropping classifier {key} {tuple(state[key].shape)}: the model has '
+                              f'{tuple(target[key].shape) if key in target else "no such layer"}; it keeps its '
+                              f'freshly initialised head')
+                del state[key]
+                if key in target:
+                    state[key] = target[key]
+    return state
+
+
+def load_checkpoint(
+        model: nn.Module,
+        path: str | os.PathLike,
+        strict: bool = True,
+        filter_fn: FilterFn | None = None,
+        use_ema: bool = True,
+) -> nn.Module:
+    """Load weights into ``model`` from a file in our layout or, through ``filter_fn``, an official one.
+
+    A different ``num_classes`` drops the classifier with a warning; a different ``in_chans`` adapts the first conv
+    as timm does. Any other mismatch raises one :class:`CheckpointError` listing missing keys, unexpected keys and
+    shape mismatches.
+
+    Args:
+        model: The model to fill.
+        path: ``.safetensors`` or a torch file (read with ``weights_only=True``).
+        strict: Require every key to match.
+        filter_fn: ``(state_dict, model) -> state_dict`` mapping an official layout to the model's (the family's
+            ``checkpoint_filter_fn``). ``None`` uses the model's own, found through its registry name.
+        use_ema: Load EMA weights when the checkpoint holds both (as timm does); ``False`` for the raw weights.
+    """
+    if filter_fn is None:
+        filter_fn = _family_filter(model)
+    state = unwrap_state_dict(read_state_dict(path), use_ema=use_ema)
+    if filter_fn is not None:
+        state = filter_fn(state, model)
+    state = _adapt_to_model(dict(state), model)
+    target = model.state_dict()
+    shape_errors = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}'
+                    for k, v in state.items() if k in target and v.shape != target[k].shape]
+    missing = sorted(set(target) - set(state))
+    unexpected = sorted(set(state) - set(target))
+    if shape_errors or (strict and (missing or unexpected)):
+        raise CheckpointError(_mismatch_report(str(path), type(model).__name__, missing, unexpected, shape_errors))
+    model.load_state_dict(state, strict=strict)
+    return model
+
+
+def _family_filter(model: nn.Module) -> FilterFn | None:
+    from .registry import checkpoint_filter_for  # registry imports this module lazily the other way round
+
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    arch = cfg.get('architecture') if isinstance(cfg, Mapping) else None
+    try:
+        return checkpoint_filter_for(arch) if arch else None
+    except ValueError:
+        return None
+
+
+def _mismatch_report(path: str, model_name: str, missing: list[str], unexpected: list[str], shapes: list[str],
+                     limit: int = 12) -> str:
+    def block(title: str, items: list[str]) -> str:
+        shown = '\n    '.join(items[:limit])
+        more = f'\n    ... and {len(items) - limit} more' if len(items) > limit else ''
+        return f'\n  {title} ({len(items)}):\n    {shown}{more}' if items else ''
+
+    return (f'checkpoint {path!r} does not fit {model_name}:' + block('missing keys', missing)
+            + block('unexpected keys', unexpected) + block('shape mismatches', shapes))
+
+
+def save_checkpoint(
+        model_or_state: nn.Module | Mapping[str, torch.Tensor],
+        path: str | os.PathLike,
+        metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write weights as safetensors atomically: a temp file in the same folder, then ``os.replace``.
+
+    A crash mid-write leaves the previous file intact. Shared tensors are cloned (safetensors refuses aliases).
+    """
+    path = Path(path)
+    if path.suffix != '.safetensors':
+        raise ValueError(f'save_checkpoint writes safetensors; name the file *.safetensors, not {path.name!r}')
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    tensors = {k: v.detach().to('cpu').contiguous().clone() for k, v in state.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    os.close(fd)
+    try:
+        save_safetensors(tensors, tmp, metadata=dict(metadata) if metadata else None)
+        with open(tmp, 'rb') as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
