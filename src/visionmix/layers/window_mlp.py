@@ -1,0 +1,179 @@
+"""Windowed spatial MLP: token mixing inside (shifted) non-overlapping windows, on channels-last maps.
+
+The token mixer of Swin-MLP (`Swin Transformer`, arXiv:2103.14030, "Swin-Mixer") and of SPACH's multi-stage MLP: the
+map is cut into ``wh x ww`` windows and, per head (a group of ``C / num_heads`` channels), the ``wh * ww`` tokens of
+each window are mixed by one learned ``(wh*ww) x (wh*ww)`` matrix plus a bias, shared by every window and by the
+channels of that head.
+
+A shifted window is not a cyclic roll here (there is no attention mask to undo the wrap-around): the map is
+zero-padded by ``window - shift`` before and ``shift`` after, partitioned, mixed and cropped, as the official code
+does. On top of that the map is padded up to a whole number of windows, so any height and width work; where the
+sizes already divide, that extra padding is zero and the computation is exactly the unpadded one.
+
+Everything works on ``(B, H, W, C)`` tensors.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import register_notrace_function, to_2tuple, trunc_normal_
+
+__all__ = ['window_pad_sizes', 'pad_to_windows', 'window_partition', 'window_reverse', 'window_spatial_mix',
+           'WindowSpatialMlp']
+
+
+def window_pad_sizes(size: int, window: int, shift: int = 0) -> tuple[int, int]:
+    """Zero padding (before, after) along one axis so that windows shifted by ``shift`` tile it.
+
+    ``before`` is ``window - shift`` for a shifted window (as in the official Swin-MLP) and 0 otherwise; ``after``
+    completes the padded length to a multiple of ``window`` (``shift`` when ``size`` divides by ``window``).
+
+    Args:
+        size: Length of the axis.
+        window: Window length along it.
+        shift: Window shift, ``0 <= shift < window``.
+    """
+    if not 0 <= shift < window:
+        raise ValueError(f'shift must be in [0, {window}), got {shift}')
+    before = (window - shift) % window
+    after = -(size + before) % window
+    return before, after
+
+
+@register_notrace_function  # reason: pad sizes come from the input shape, a Proxy under FX
+def pad_to_windows(x: torch.Tensor, window_size: tuple[int, int], shift_size: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """Zero-pad a ``(B, H, W, C)`` map so that (shifted) windows tile it; a no-op view when nothing is needed.
+
+    Args:
+        x: Map of shape (B, H, W, C).
+        window_size: (wh, ww).
+        shift_size: (sh, sw), see :func:`window_pad_sizes`.
+
+    Returns:
+        The padded map (B, Hp, Wp, C); the original sits at offset ``window_pad_sizes(...)[0]`` on each axis.
+    """
+    top, bottom = window_pad_sizes(x.shape[1], window_size[0], shift_size[0])
+    left, right = window_pad_sizes(x.shape[2], window_size[1], shift_size[1])
+    if top or bottom or left or right:
+        x = F.pad(x, (0, 0, left, right, top, bottom))
+    return x
+
+
+def window_partition(x: torch.Tensor, window_size: tuple[int, int]) -> torch.Tensor:
+    """Cut a ``(B, H, W, C)`` map whose sizes divide by the window into ``(B * nW, wh, ww, C)`` windows.
+
+    Windows come in row-major order per image, tokens in row-major order per window.
+    """
+    B, H, W, C = x.shape
+    wh, ww = window_size
+    x = x.view(B, H // wh, wh, W // ww, ww, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, wh, ww, C)
+
+
+@register_notrace_function  # reason: H, W are Proxies under FX
+def window_reverse(windows: torch.Tensor, window_size: tuple[int, int], H: int, W: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: ``(B * nW, wh, ww, C)`` windows back to a ``(B, H, W, C)`` map."""
+    wh, ww = window_size
+    C = windows.shape[-1]
+    x = windows.view(-1, H // wh, W // ww, wh, ww, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)
+
+
+@register_notrace_function  # reason: padding and window counts depend on the input shape
+def window_spatial_mix(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        window_size: tuple[int, int],
+        shift_size: tuple[int, int] = (0, 0),
+) -> torch.Tensor:
+    """Mix the tokens of each (shifted) window per head: ``out[i] = sum_j weight[h, i, j] * x[j] + bias[h, i]``.
+
+    Padding, window partition and the split into heads are fused into one permute, so the map is copied once into
+    a ``(heads, tokens, windows * head_dim)`` layout, mixed by a single batched matmul over heads, and copied once
+    back; padded positions are cropped away.
+
+    Args:
+        x: Map of shape (B, H, W, C), C divisible by the number of heads.
+        weight: (num_heads, wh * ww, wh * ww) token-mixing matrices, output token first.
+        bias: (num_heads, wh * ww) or None.
+        window_size: (wh, ww).
+        shift_size: (sh, sw), each ``0 <= s < window``; zero-padding of ``w - s`` before and ``s`` after.
+
+    Returns:
+        The mixed map, (B, H, W, C). It is a crop of a larger buffer when padding was needed (not contiguous).
+    """
+    B, H, W, C = x.shape
+    wh, ww = window_size
+    num_heads, tokens = weight.shape[0], wh * ww
+    head_dim = C // num_heads
+    top, _ = window_pad_sizes(H, wh, shift_size[0])
+    left, _ = window_pad_sizes(W, ww, shift_size[1])
+    x = pad_to_windows(x, window_size, shift_size)
+    Hp, Wp = x.shape[1], x.shape[2]
+    nh, nw = Hp // wh, Wp // ww
+
+    # (B, nh, wh, nw, ww, heads, d) -> (heads, wh, ww, B, nh, nw, d): tokens of a window on dim 1, all else on dim 2
+    x = x.view(B, nh, wh, nw, ww, num_heads, head_dim).permute(5, 2, 4, 0, 1, 3, 6)
+    x = x.reshape(num_heads, tokens, B * nh * nw * head_dim)
+    if bias is None:
+        x = torch.bmm(weight, x)
+    else:
+        x = torch.baddbmm(bias.unsqueeze(-1), weight, x)
+    x = x.view(num_heads, wh, ww, B, nh, nw, head_dim).permute(3, 4, 1, 5, 2, 0, 6).reshape(B, Hp, Wp, C)
+    if Hp != H or Wp != W:
+        x = x[:, top:top + H, left:left + W]
+    return x
+
+
+class WindowSpatialMlp(nn.Module):
+    """Multi-head token mixing inside (shifted) windows, on ``(B, H, W, C)`` maps.
+
+    Parameters are ``weight`` (num_heads, wh*ww, wh*ww), output token first, and ``bias`` (num_heads, wh*ww). The
+    official Swin-MLP stores the same numbers as a grouped ``Conv1d`` (weight ``[heads*wh*ww, wh*ww, 1]``, bias
+    ``[heads*wh*ww]``); a plain reshape converts between the two.
+
+    Args:
+        dim: Channels C.
+        num_heads: Channel groups, each with its own mixing matrix; C must divide by it.
+        window_size: Window (wh, ww) or one int.
+        shift_size: Shift (sh, sw) or one int; 0 for plain windows.
+        bias: Learn a per-head, per-token bias.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            window_size: int | tuple[int, int] = 7,
+            shift_size: int | tuple[int, int] = 0,
+            bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')
+        self.dim = dim
+        self.num_heads = num_heads
+        self.window_size: tuple[int, int] = tuple(to_2tuple(window_size))
+        self.shift_size: tuple[int, int] = tuple(to_2tuple(shift_size))
+        for w, s in zip(self.window_size, self.shift_size):
+            if not 0 <= s < w:
+                raise ValueError(f'shift {self.shift_size} must be in [0, window {self.window_size})')
+        tokens = self.window_size[0] * self.window_size[1]
+        self.weight = nn.Parameter(torch.empty(num_heads, tokens, tokens))
+        self.bias = nn.Parameter(torch.empty(num_heads, tokens)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # as the official Conv1d init: trunc_normal(.02) weights, zero bias
+        trunc_normal_(self.weight, std=.02)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return window_spatial_mix(x, self.weight, self.bias, self.window_size, self.shift_size)
+
+    def extra_repr(self) -> str:
+        return f'dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, ' \
+               f'shift_size={self.shift_size}'
