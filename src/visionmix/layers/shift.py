@@ -1,0 +1,88 @@
+"""Axial token shift and the shifted MLP built on it (UNeXt, Valanarasu & Patel, MICCAI 2022, arXiv:2203.04967).
+
+The axial shift splits the channels into ``shift_size`` groups and moves group ``i`` by ``i - shift_size // 2``
+positions along one spatial axis, filling the vacated positions with zeros (AS-MLP's axial shift without the
+dilation). UNeXt's official code does it as: zero-pad the map by ``shift_size // 2`` on each side, split the
+channels with ``torch.chunk(x, shift_size)``, ``torch.roll`` chunk ``i`` by ``i - shift_size // 2`` along the axis,
+and crop the padding away; nothing rolls past the padding, so that is exactly a zero-filled shift. Here the map is
+padded once and each group is read off at its offset.
+
+``torch.chunk`` sizes the groups as ``ceil(C / shift_size)`` (256 channels -> 52, 52, 52, 52, 48) and may return
+fewer than ``shift_size`` groups for small C; the extra shifts then go unused, as in the official code.
+
+Everything works on channels-last maps ``(B, H, W, C)``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import register_notrace_function
+
+__all__ = ['axial_shift', 'AxialShiftMlp']
+
+
+@register_notrace_function  # reason: group sizes and offsets come from the input shape
+def axial_shift(x: torch.Tensor, shift_size: int, dim: int) -> torch.Tensor:
+    """Shift channel group ``i`` of a ``(B, H, W, C)`` map by ``i - shift_size // 2`` along ``dim``, zero-filled.
+
+    A shift of ``s`` means ``out[..., p, ...] = x[..., p - s, ...]`` (``torch.roll`` direction).
+
+    Args:
+        x: Map (B, H, W, C).
+        shift_size: Number of channel groups; shifts run from ``-(shift_size // 2)`` to ``shift_size // 2``.
+        dim: 1 shifts along the height, 2 along the width.
+    """
+    if dim not in (1, 2):
+        raise ValueError(f'dim must be 1 (height) or 2 (width) of a (B, H, W, C) map, got {dim}')
+    pad = shift_size // 2
+    if pad == 0:
+        return x
+    size = x.shape[dim]
+    pads = [0, 0, 0, 0, 0, 0]  # F.pad runs from the last dim backwards: C, W, H
+    pads[2 * (3 - dim)] = pads[2 * (3 - dim) + 1] = pad
+    padded = F.pad(x, pads)
+    groups = torch.chunk(padded, shift_size, dim=-1)
+    # out[p] = padded[p + pad - s] for shift s
+    return torch.cat([g.narrow(dim, pad - s, size) for g, s in zip(groups, range(-pad, pad + 1))], dim=-1)
+
+
+class AxialShiftMlp(nn.Module):
+    """UNeXt's shifted MLP: shift along H -> fc1 -> depthwise 3x3 conv -> act -> shift along W -> fc2.
+
+    Args:
+        dim: Input / output channels.
+        hidden_dim: Hidden channels (UNeXt uses ``dim``).
+        shift_size: Channel groups of each axial shift (UNeXt: 5, i.e. shifts -2..2).
+        act_layer: Activation after the depthwise conv.
+        drop: Dropout after the activation and after fc2.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            hidden_dim: int | None = None,
+            shift_size: int = 5,
+            act_layer: Callable[..., nn.Module] = nn.GELU,
+            drop: float = 0.,
+    ) -> None:
+        super().__init__()
+        hidden_dim = hidden_dim or dim
+        self.shift_size = shift_size
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
+        self.act = act_layer()
+        self.drop = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc1(axial_shift(x, self.shift_size, dim=1))
+        x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = self.drop(self.act(x))
+        x = self.fc2(axial_shift(x, self.shift_size, dim=2))
+        return self.drop(x)
+
+    def extra_repr(self) -> str:
+        return f'shift_size={self.shift_size}'
