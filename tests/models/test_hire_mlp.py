@@ -6,10 +6,10 @@ import timm
 import torch
 
 import visionmix
+from official_keys import read_official_keys
 from visionmix.models.hire_mlp import HireMlpNet, checkpoint_filter_fn, step_schedule
 from visionmix.profile import count_macs, count_params
 
-FIXTURE = Path(__file__).parent.parent / 'fixtures' / 'official_keys' / 'hire_mlp_tiny.txt'
 TINY = 'hire_mlp_tiny'
 RELEASE = 'https://github.com/ggjy/Hire-Wave-MLP.pytorch/releases/download/log'
 
@@ -28,20 +28,9 @@ def tiny() -> HireMlpNet:
     return visionmix.create_model(TINY).eval()
 
 
-def read_fixture(path: Path) -> tuple[int, dict[str, torch.Size]]:
-    lines = path.read_text().splitlines()
-    params = int(lines[0].split('params=')[1].split(',')[0])
-    shapes = {}
-    for line in lines[1:]:
-        if line.strip() and not line.startswith('#'):
-            key, shape = line.split('\t')
-            shapes[key] = torch.Size(int(s) for s in shape.strip('[]').split(',') if s.strip())
-    return params, shapes
-
-
 def random_official_state() -> dict[str, torch.Tensor]:
     """Random tensors in the official layout; BN variances positive, counters integer, as in a real checkpoint."""
-    _, shapes = read_fixture(FIXTURE)
+    _, shapes = read_official_keys('hire_mlp_tiny')
     sd = {}
     for k, shape in shapes.items():
         if k.endswith('num_batches_tracked'):
@@ -77,7 +66,7 @@ def test_params_exact(name):
 
 
 def test_fixture_matches_official_param_count():
-    params, shapes = read_fixture(FIXTURE)
+    params, shapes = read_official_keys('hire_mlp_tiny')
     counted = sum(s.numel() for k, s in shapes.items() if not k.endswith(('running_mean', 'running_var', 'tracked')))
     assert params == counted == VARIANTS[TINY][0]
 

@@ -7,13 +7,13 @@ import timm
 import torch
 
 import visionmix
+from official_keys import read_official_keys
 from visionmix.layers.mixing import create_spatial_func
 from visionmix.models.hire_mlp import HireMlpNet
 from visionmix.models.spach import Spach, checkpoint_filter_fn, parse_net_arch
 from visionmix.models.swin_mlp import SwinMlp
 from visionmix.profile import count_macs, count_params
 
-FIXTURES = Path(__file__).parent.parent / 'fixtures' / 'official_keys'
 
 # the table: name -> (params at 1000 classes, GMACs at 224 or None where the table has none)
 TABLE = {
@@ -40,17 +40,6 @@ TABLE = {
     'spach_s_patch16_224_mlp': (39_820_024, None),
 }
 FAST_MACS = {'spach_ms_xxs_patch4_224_conv', 'spach_ms_xxs_patch4_224_attn', 'spach_ms_xxs_patch4_224_mlp'}
-
-
-def read_fixture(path: Path) -> tuple[int, dict[str, torch.Size]]:
-    lines = path.read_text().splitlines()
-    params = int(lines[0].split('params=')[1].split(',')[0])
-    shapes = {}
-    for line in lines[1:]:
-        if line.strip() and not line.startswith('#'):
-            key, shape = line.split('\t')
-            shapes[key] = torch.Size(int(s) for s in shape.strip('[]').split(',') if s.strip())
-    return params, shapes
 
 
 def test_all_variants_registered():
@@ -91,7 +80,7 @@ def test_pretrained_cfgs():
 
 @pytest.mark.parametrize('name', ['spach_ms_xxs_patch4_224_mlp', 'spach_xxs_patch16_224_mlp'])
 def test_official_layout_loads_strict(name, tmp_path):
-    params, shapes = read_fixture(FIXTURES / f'{name}.txt')
+    params, shapes = read_official_keys(name)
     sd = {k: torch.randn(s) for k, s in shapes.items()}
     path = tmp_path / 'official.pth'
     torch.save({'model': sd, 'epoch': 299}, path)
@@ -152,7 +141,7 @@ def test_mixer_equivalence_small():
 @torch.no_grad()
 def test_mixer_s16_224_equivalence():
     mixer = timm.create_model('mixer_s16_224').eval()
-    params, shapes = read_fixture(FIXTURES / 'mixer_s16_224.txt')
+    params, shapes = read_official_keys('mixer_s16_224')
     assert {k: v.shape for k, v in mixer.state_dict().items()} == shapes
     ours = mixer_as_spach(512, 8, 16, 224).eval()
     ours.load_state_dict(mixer_to_spach(mixer.state_dict()), strict=True)

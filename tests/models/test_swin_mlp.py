@@ -6,10 +6,10 @@ import timm
 import torch
 
 import visionmix
+from official_keys import read_official_keys
 from visionmix.models.swin_mlp import SwinMlp, checkpoint_filter_fn
 from visionmix.profile import count_macs, count_params
 
-FIXTURE = Path(__file__).parent.parent / 'fixtures' / 'official_keys' / 'swin_mlp_tiny_c24_patch4_window8_256.txt'
 TINY = 'swin_mlp_tiny_c24_patch4_window8_256'
 
 # name: (params, GMACs at the card's input size, input side)
@@ -27,19 +27,8 @@ def tiny() -> SwinMlp:
     return visionmix.create_model(TINY).eval()
 
 
-def read_fixture(path: Path) -> tuple[int, dict[str, torch.Size]]:
-    lines = path.read_text().splitlines()
-    params = int(lines[0].split('params=')[1].split(',')[0])
-    shapes = {}
-    for line in lines[1:]:
-        if line.strip() and not line.startswith('#'):
-            key, shape = line.split('\t')
-            shapes[key] = torch.Size(int(s) for s in shape.strip('[]').split(',') if s.strip())
-    return params, shapes
-
-
 def random_official_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    _, shapes = read_fixture(FIXTURE)
+    _, shapes = read_official_keys('swin_mlp_tiny_c24_patch4_window8_256')
     sd = {k: torch.randn(shape) for k, shape in shapes.items()}
     torch.save({'model': sd}, path)
     return sd
@@ -91,7 +80,7 @@ def test_stage_windows_follow_official_rule(tiny):
 
 
 def test_fixture_matches_model():
-    params, shapes = read_fixture(FIXTURE)
+    params, shapes = read_official_keys('swin_mlp_tiny_c24_patch4_window8_256')
     model = visionmix.create_model(TINY)
     assert params == count_params(model)
     assert len(shapes) == len(model.state_dict())

@@ -97,7 +97,7 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        x = _pad_to_even(x)
+        x = pad_to_even(x)
         H, W = x.shape[1], x.shape[2]
         # (..., 2w, 2h, C) flattens to the official order [x(0::2,0::2), x(1::2,0::2), x(0::2,1::2), x(1::2,1::2)]
         x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
@@ -105,7 +105,7 @@ class PatchMerging(nn.Module):
 
 
 @register_notrace_function  # reason: pad sizes come from the input shape, a Proxy under FX
-def _pad_to_even(x: torch.Tensor) -> torch.Tensor:
+def pad_to_even(x: torch.Tensor) -> torch.Tensor:
     """Zero-pad H and W of a (B, H, W, C) map at the bottom / right to even sizes."""
     H, W = x.shape[1], x.shape[2]
     return F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
