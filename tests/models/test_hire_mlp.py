@@ -7,7 +7,8 @@ import torch
 
 import visionmix
 from official_keys import read_official_keys
-from visionmix.models.hire_mlp import HireMlpNet, checkpoint_filter_fn, step_schedule
+from visionmix.layers.hire import hire_step
+from visionmix.models.hire_mlp import HireMlpNet, checkpoint_filter_fn
 from visionmix.profile import count_macs, count_params
 
 TINY = 'hire_mlp_tiny'
@@ -90,8 +91,8 @@ def test_pretrained_cfg(name):
 
 def test_step_schedule():
     # block j shifts by (j % step_stride) * step_dilation; strides (2, 2, 3, 2), dilations (2, 2, 1, 1)
-    assert step_schedule(4, 2, 2) == [0, 2, 0, 2]
-    assert step_schedule(10, 3, 1) == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
+    assert [hire_step(j, 2, 2) for j in range(4)] == [0, 2, 0, 2]
+    assert [hire_step(j, 3, 1) for j in range(10)] == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
     with torch.device('meta'):
         model = visionmix.create_model('hire_mlp_small')
     got = [[(b.token_mixer.height.step, b.token_mixer.width.step, b.token_mixer.height.region_size)

@@ -16,7 +16,12 @@ import torch
 import torch.nn as nn
 from timm.layers import Mlp, register_notrace_function
 
-__all__ = ['circular_take', 'region_fold', 'region_unfold', 'RegionMlp', 'HireMlp']
+__all__ = ['circular_take', 'region_fold', 'region_unfold', 'RegionMlp', 'HireMlp', 'hire_step']
+
+
+def hire_step(block_idx: int, step_stride: int, step_dilation: int) -> int:
+    """Cross-region shift of block ``block_idx`` of a stage: ``(j % step_stride) * step_dilation`` (Hire-MLP v2)."""
+    return (block_idx % step_stride) * step_dilation
 
 
 @register_notrace_function  # python control flow on sizes: keep it a leaf for torch.fx

@@ -37,9 +37,9 @@ import torch
 import torch.nn as nn
 from timm.layers import Attention, DropPath, LayerScale, Mlp, register_notrace_function, to_2tuple
 
-from .hire import HireMlp
+from .hire import HireMlp, hire_step
 from .shift import AxialShiftMlp
-from .window_mlp import WindowSpatialMlp
+from .window_mlp import WindowSpatialMlp, stage_window
 
 __all__ = [
     'SpatialFactory', 'register_spatial_func', 'list_spatial_funcs', 'create_spatial_func', 'TokenAttention',
@@ -201,12 +201,11 @@ def _window_mlp(
         window_size: int = 7,
         shift: bool = True,
 ) -> WindowSpatialMlp:
-    # Swin-MLP's rule (twin of models/swin_mlp._stage_window): a map no larger than the window is one unshifted
-    # window; otherwise odd blocks shift by half a window
-    if grid_size is not None and min(grid_size) <= window_size:
-        window_size, shift_size = min(grid_size), 0
+    if grid_size is not None:
+        window_size, half_shift = stage_window(grid_size, window_size)
     else:
-        shift_size = window_size // 2 if shift and block_idx % 2 else 0
+        half_shift = window_size // 2
+    shift_size = half_shift if shift and block_idx % 2 else 0  # Swin-MLP shifts the odd blocks
     return WindowSpatialMlp(dim, num_heads, window_size, shift_size)
 
 
@@ -219,8 +218,7 @@ def _hire(
         step_dilation: int = 1,
         proj_drop: float = 0.,
 ) -> ChannelsFirst:
-    # Hire-MLP's step schedule (twin of models/hire_mlp.step_schedule): block j shifts by (j % stride) * dilation
-    step = (block_idx % step_stride) * step_dilation
+    step = hire_step(block_idx, step_stride, step_dilation)
     return ChannelsFirst(HireMlp(dim, region_size=region_size, step=step, proj_drop=proj_drop))
 
 

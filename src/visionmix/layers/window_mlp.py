@@ -14,12 +14,14 @@ Everything works on ``(B, H, W, C)`` tensors.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, to_2tuple, trunc_normal_
 
-__all__ = ['window_pad_sizes', 'pad_to_windows', 'window_partition', 'window_reverse', 'window_spatial_mix',
+__all__ = ['stage_window', 'window_pad_sizes', 'pad_to_windows', 'window_partition', 'window_reverse', 'window_spatial_mix',
            'WindowSpatialMlp']
 
 
@@ -177,3 +179,13 @@ class WindowSpatialMlp(nn.Module):
     def extra_repr(self) -> str:
         return f'dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, ' \
                f'shift_size={self.shift_size}'
+
+
+def stage_window(grid_size: Sequence[int], window_size: int) -> tuple[int, int]:
+    """(window, shift of the odd blocks) of a stage, as Swin-MLP decides it from its build-time map size.
+
+    A map no larger than the window is one window: no partition, nothing to shift.
+    """
+    if min(grid_size) <= window_size:
+        return min(grid_size), 0
+    return window_size, window_size // 2

@@ -22,15 +22,10 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
-from ..layers.hire import HireMlp
+from ..layers.hire import HireMlp, hire_step
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
 
-__all__ = ['HireMlpNet', 'HireBlock', 'HireStage', 'checkpoint_filter_fn', 'step_schedule']
-
-
-def step_schedule(depth: int, step_stride: int, step_dilation: int) -> list[int]:
-    """Cross-region shift of each block of a stage: ``(j % step_stride) * step_dilation`` for block ``j``."""
-    return [(j % step_stride) * step_dilation for j in range(depth)]
+__all__ = ['HireMlpNet', 'HireBlock', 'HireStage', 'checkpoint_filter_fn']
 
 
 def _conv_bn_relu(in_chs: int, out_chs: int, kernel_size: int, stride: int, padding: int) -> nn.Sequential:
@@ -88,7 +83,7 @@ class HireStage(nn.Module):
         drop_path_rates = drop_path_rates or [0.] * depth
         self.blocks = nn.Sequential(*[
             HireBlock(out_chs, region_size, step, mlp_ratio=mlp_ratio, proj_drop=proj_drop, drop_path=dpr)
-            for step, dpr in zip(step_schedule(depth, step_stride, step_dilation), drop_path_rates)
+            for step, dpr in zip((hire_step(j, step_stride, step_dilation) for j in range(depth)), drop_path_rates)
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

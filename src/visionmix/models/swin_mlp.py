@@ -30,7 +30,7 @@ from timm.layers import ClassifierHead, DropPath, Mlp, PatchEmbed, register_notr
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
-from ..layers.window_mlp import WindowSpatialMlp
+from ..layers.window_mlp import WindowSpatialMlp, stage_window
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
 
 __all__ = ['SwinMlp', 'SwinMlpBlock', 'SwinMlpStage', 'PatchMerging', 'checkpoint_filter_fn']
@@ -227,7 +227,7 @@ class SwinMlp(nn.Module):
         in_dim = embed_dim
         for i in range(num_stages):
             stage_grid = [-(-g // 2 ** i) for g in grid]
-            ws, shift = _stage_window(stage_grid, window_size)
+            ws, shift = stage_window(stage_grid, window_size)
             stages.append(SwinMlpStage(
                 in_dim, dims[i], depths[i], num_heads[i], ws, shift,
                 downsample=i > 0,
@@ -356,13 +356,6 @@ class SwinMlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-def _stage_window(stage_grid: list[int], window_size: int) -> tuple[int, int]:
-    """(window, shift) of a stage as the official code decides it from the build-time map size."""
-    if min(stage_grid) <= window_size:
-        return min(stage_grid), 0  # the whole map fits one window: no partition, nothing to shift
-    return window_size, window_size // 2
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: SwinMlp) -> dict[str, torch.Tensor]:

@@ -1,0 +1,67 @@
+"""Dynamic ReLU driven by a token (Mobile-Former, Chen et al., CVPR 2022, arXiv:2108.05895; after Dynamic ReLU,
+Chen et al., ECCV 2020, arXiv:2003.10027).
+
+A hyper-function reads one global token and predicts, per channel, the slopes of ``num_func`` linear pieces; the
+activation is their maximum. With the Mobile-Former settings (2 pieces, scale 2) and ``h = hsigmoid(MLP(token))``
+split into ``(h1, h2)``::
+
+    a1 = (h1 - 0.5) * 2 + 1      # in [0, 2]
+    a2 = (h2 - 0.5) * 2          # in [-1, 1]
+    out = max(x * a1, x * a2)
+
+which is ReLU at ``h1 = 1``, ``h2 = 0.5``. ``num_func=1`` is a squeeze-and-excitation style gate ``x * 2 * h``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ['DynamicReLU']
+
+
+class DynamicReLU(nn.Module):
+    """Channel-wise dynamic ReLU whose coefficients come from a token.
+
+    Args:
+        channels: Channels of the map it activates.
+        token_dim: Width of the token that drives it.
+        num_func: Linear pieces (2: dynamic ReLU, 1: SE-style gate).
+        reduction: Hidden width of the hyper-function is ``token_dim // reduction``.
+        scale: Range of the coefficients around their centre.
+    """
+
+    def __init__(
+            self,
+            channels: int,
+            token_dim: int,
+            num_func: int = 2,
+            reduction: int = 4,
+            scale: float = 2.,
+    ) -> None:
+        super().__init__()
+        if num_func not in (1, 2):
+            raise ValueError(f'num_func must be 1 or 2, got {num_func}')
+        self.channels = channels
+        self.num_func = num_func
+        self.scale = scale
+        self.fc1 = nn.Linear(token_dim, token_dim // reduction)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Linear(token_dim // reduction, channels * num_func)
+
+    def coefficients(self, token: torch.Tensor) -> torch.Tensor:
+        """The raw hyper-function output ``hsigmoid(fc2(relu(fc1(token))))``, shape (B, num_func * channels)."""
+        return F.hardsigmoid(self.fc2(self.act(self.fc1(token))))
+
+    def forward(self, x: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        """Activate ``x`` (B, C, H, W) with coefficients predicted from ``token`` (B, token_dim)."""
+        h = self.coefficients(token)[:, :, None, None]
+        if self.num_func == 1:
+            return x * (h * self.scale)
+        a1, a2 = h.chunk(2, dim=1)
+        a1 = (a1 - 0.5) * self.scale + 1.
+        a2 = (a2 - 0.5) * self.scale
+        return torch.maximum(x * a1, x * a2)
+
+    def extra_repr(self) -> str:
+        return f'channels={self.channels}, num_func={self.num_func}, scale={self.scale}'
