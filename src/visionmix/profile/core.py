@@ -414,7 +414,7 @@ def profile_model(
             if progress is not None:
                 progress.remove_task(task)
         else:
-            mem = MemoryResult(None, None, 'not measured', 'memory measurement switched off')
+            mem = MemoryResult(None, None, 'not measured', 'switched off (--no-memory)')
         result.forward_peak_mb, result.train_peak_mb = mem.forward_mb, mem.train_mb
         result.memory_method, result.memory_note = mem.method, mem.note
     return result

@@ -1,0 +1,214 @@
+"""Training recipe: defaults (the DeiT / SPACH recipe from timm's parts), YAML files and ``key=value`` overrides."""
+from __future__ import annotations
+
+import dataclasses
+import platform
+import subprocess
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ['ConfigError', 'TrainConfig', 'load_config', 'parse_overrides', 'environment_info']
+
+
+class ConfigError(ValueError):
+    """A recipe that cannot be used: unknown key, wrong type or value, unreadable YAML."""
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Every field can be set in YAML or with ``--set key=value``.
+
+    The defaults follow DeiT / SPACH (AdamW lr 5e-4 x batch/512, wd 0.05, cosine, 5 warm-up epochs, RandAugment
+    m9, random erasing 0.25, Mixup 0.8 / CutMix 1.0, label smoothing 0.1, EMA, drop path 0.1, clip off) except what a
+    short CPU run needs (``configs/digits.yaml`` is the recipe ``compare`` uses).
+    """
+
+    model: str = 'spach_ms'
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    dataset: str = 'digits'
+    img_size: int = 32
+    limit_train: int | None = None
+    skip_corrupt: bool = False
+    epochs: int = 30
+    batch_size: int = 64
+    # optimizer / schedule
+    opt: str = 'adamw'
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    sched: str = 'cosine'
+    warmup_epochs: int = 2
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    clip_grad: float | None = None
+    clip_mode: str = 'norm'
+    # regularisation / augmentation
+    smoothing: float = 0.1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    auto_augment: str | None = 'rand-m9-mstd0.5-inc1'
+    reprob: float = 0.25
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    interpolation: str = 'bicubic'
+    drop_path: float = 0.0
+    model_ema: bool = False
+    model_ema_decay: float = 0.999
+    # machinery
+    seed: int = 0
+    threads: int | None = None
+    workers: int = 0
+    channels_last: bool = False
+    compile: bool = False
+    amp: bool = False
+    output: str = 'runs/train'
+    save_best: bool = True
+
+    def validate(self) -> 'TrainConfig':
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(msg)
+
+        need(isinstance(self.model, str) and self.model != '', f'model must be a registered name, got {self.model!r}')
+        need(isinstance(self.model_kwargs, dict), f'model_kwargs must be a mapping, got {self.model_kwargs!r}')
+        for name in ('epochs', 'batch_size', 'img_size'):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v > 0, f'{name} must be a positive integer, '
+                 f'got {v!r}')
+        for name in ('warmup_epochs', 'workers', 'seed'):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f'{name} must be an integer >= 0, '
+                 f'got {v!r}')
+        for name in ('lr', 'weight_decay', 'warmup_lr', 'min_lr', 'smoothing', 'mixup', 'cutmix', 'reprob',
+                     'drop_path', 'hflip', 'mixup_prob', 'model_ema_decay'):
+            v = getattr(self, name)
+            need(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+                 f'{name} must be a number >= 0, got {v!r}')
+        need(self.lr > 0, f'lr must be > 0, got {self.lr!r}')
+        need(self.smoothing < 1, f'smoothing must be < 1, got {self.smoothing!r}')
+        for name in ('hflip', 'reprob', 'mixup_prob', 'model_ema_decay'):
+            need(getattr(self, name) <= 1, f'{name} must be <= 1, got {getattr(self, name)!r}')
+        need(self.clip_grad is None or (isinstance(self.clip_grad, (int, float)) and self.clip_grad > 0),
+             f'clip_grad must be > 0 or null, got {self.clip_grad!r}')
+        need(self.threads is None or (isinstance(self.threads, int) and self.threads > 0),
+             f'threads must be a positive integer or null, got {self.threads!r}')
+        need(self.limit_train is None or (isinstance(self.limit_train, int) and self.limit_train > 0),
+             f'limit_train must be a positive integer or null, got {self.limit_train!r}')
+        for name in ('scale', 'ratio'):
+            v = getattr(self, name)
+            need(isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)
+                 and 0 < v[0] <= v[1], f'{name} must be [low, high] with 0 < low <= high, got {v!r}')
+            setattr(self, name, tuple(float(x) for x in v))
+        need(self.sched in ('cosine', 'step', 'multistep', 'plateau', 'tanh', 'poly', 'none'),
+             f'unknown sched {self.sched!r}')
+        from ..data import parse_spec
+
+        parse_spec(self.dataset)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d['scale'], d['ratio'] = list(self.scale), list(self.ratio)
+        return d
+
+
+_FIELDS = {f.name for f in fields(TrainConfig)}
+
+
+def _check_keys(data: dict[str, Any], where: str) -> None:
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown:
+        raise ConfigError(f'{where}: unknown key(s) {unknown}; known keys: {", ".join(sorted(_FIELDS))}')
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """YAML gives ints for '1e-3'-free literals; accept ints where floats are expected."""
+    default = TrainConfig.__dataclass_fields__[key].default
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, float) and isinstance(value, str):
+        try:
+            return float(value)  # yaml.safe_load reads '1e-3' (no dot) as a string
+        except ValueError:
+            pass
+    return value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f'cannot read config {path}: {e.strerror or e}') from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f'config {path} is not valid YAML: {str(e).splitlines()[0]}') from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f'config {path} must be a mapping of key: value, got {type(data).__name__}')
+    return data
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``['lr=1e-3', 'model_kwargs={embed_dim: 16}']`` -> dict, values parsed as YAML."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition('=')
+        if not sep or not key.strip():
+            raise ConfigError(f'override {item!r} must look like key=value')
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f'override {item!r}: value is not valid YAML ({str(e).splitlines()[0]})') from None
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None, **base: Any) -> TrainConfig:
+    """Defaults < ``base`` < YAML file < ``overrides`` (later wins), validated."""
+    data: dict[str, Any] = dict(base)
+    if path is not None:
+        file_data = read_yaml(path)
+        _check_keys(file_data, str(path))
+        data.update(file_data)
+    if overrides:
+        _check_keys(overrides, 'override')
+        data.update(overrides)
+    _check_keys(data, 'config')
+    try:
+        cfg = TrainConfig(**{k: _coerce(k, v) for k, v in data.items()})
+    except TypeError as e:
+        raise ConfigError(f'bad config: {e}') from None
+    return cfg.validate()
+
+
+def environment_info() -> dict[str, Any]:
+    """Git revision of the visionmix checkout (when there is one) and library versions, for the run record."""
+    import numpy
+    import timm
+    import torch
+    import torchvision
+
+    from .. import __version__
+
+    rev = None
+    try:
+        repo = Path(__file__).resolve().parents[3]
+        out = subprocess.run(['git', '-C', str(repo), 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=5)
+        if out.returncode == 0:
+            rev = out.stdout.strip()
+            dirty = subprocess.run(['git', '-C', str(repo), 'status', '--porcelain', '-uno'], capture_output=True,
+                                   text=True, timeout=5)
+            if dirty.returncode == 0 and dirty.stdout.strip():
+                rev += '-dirty'
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return dict(git_revision=rev, visionmix=__version__, torch=torch.__version__, timm=timm.__version__,
+                torchvision=torchvision.__version__, numpy=numpy.__version__, python=platform.python_version(),
+                platform=platform.platform())
