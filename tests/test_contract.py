@@ -2,6 +2,13 @@
 
 Each model runs at a small input (batch 1-2, 64x64 unless a model needs otherwise) so the whole suite stays fast.
 A family that lands gets this suite for free: parametrisation comes from the registry.
+
+Segmentation models (family 'segmentation', e.g. UNeXt) take the checks that apply to a dense predictor: forward
+gives (B, K, H, W) logits with gradients everywhere, pretrained_cfg, features_only, forward_intermediates,
+export / fx / compile, the checkpoint round trip and timm creation. Not applicable, and skipped with that reason:
+forward_head / pre_logits and reset_classifier (no pooled classifier head: ``num_classes`` is the number of output
+maps), pool_size, and gradient checkpointing (UNeXt is five encoder and four decoder levels with skips, not a
+stage sequence). tests/models/test_unext.py holds the segmentation-specific checks.
 """
 from __future__ import annotations
 
@@ -21,6 +28,20 @@ NUM_CLASSES = 7
 # full model (same widths, heads, windows, step schedules, spatial-function mix), building them is not.
 # `-m slow` runs them in full.
 SHRINK_ABOVE_PARAMS = 25_000_000
+
+
+# Variants that differ from a default-run sibling only in widths and depths: `-m slow` runs them.
+# (mobile_former_26m covers every Mobile-Former block type incl. grouped convs and channel shuffle.)
+SLOW_SIBLINGS = {f'mobile_former_{v}' for v in ('52m', '96m', '151m', '214m', '294m', '508m')}
+
+
+def _is_segmentation(name: str) -> bool:
+    return visionmix.model_card(name).family == 'segmentation'
+
+
+def _skip_for_segmentation(name: str, what: str) -> None:
+    if _is_segmentation(name):
+        pytest.skip(f'{what} does not apply to a segmentation model (see module docstring)')
 
 
 def _is_token_mlp(name: str) -> bool:
@@ -44,7 +65,8 @@ def _cases() -> list:
             cases.append(pytest.param((name, {'depths': _shrunk_depths(name)}), id=f'{name}-shrunk'))
             cases.append(pytest.param((name, {}), id=name, marks=pytest.mark.slow))
         else:
-            cases.append(pytest.param((name, {}), id=name))
+            marks = [pytest.mark.slow] if name in SLOW_SIBLINGS else []
+            cases.append(pytest.param((name, {}), id=name, marks=marks))
     return cases
 
 
@@ -88,7 +110,8 @@ def test_forward_backward(built):
     model = _build(case).train()
     x = _input(name)
     out = model(x)
-    assert out.shape == (2, NUM_CLASSES)
+    expected = (2, NUM_CLASSES, *x.shape[2:]) if _is_segmentation(name) else (2, NUM_CLASSES)
+    assert out.shape == expected
     assert torch.isfinite(out).all()
     out.square().mean().backward()
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None)]
@@ -100,6 +123,7 @@ def test_forward_backward(built):
 def test_features_and_head(built):
     case, model = built
     name = case[0]
+    _skip_for_segmentation(name, 'forward_head / pre_logits')
     x = _input(name)
     features = model.forward_features(x)
     assert _channels(model, features) == model.num_features
@@ -113,6 +137,7 @@ def test_features_and_head(built):
 def test_reset_classifier_and_num_classes_zero(built):
     case, _ = built
     name = case[0]
+    _skip_for_segmentation(name, 'reset_classifier')
     x = _input(name)
     model = _build(case).eval()
     model.reset_classifier(0)
@@ -143,9 +168,10 @@ def test_pretrained_cfg(built):
     assert tuple(cfg['input_size']) == card.input_size
     assert tuple(cfg['mean']) == card.mean and tuple(cfg['std']) == card.std
     assert 0 < cfg['crop_pct'] <= 1 and cfg['interpolation'] in ('bicubic', 'bilinear')
-    reduction = model.feature_info[-1]['reduction']
-    _, h, w = card.input_size
-    assert tuple(cfg['pool_size']) == (h // reduction, w // reduction)
+    if not _is_segmentation(name):
+        reduction = model.feature_info[-1]['reduction']
+        _, h, w = card.input_size
+        assert tuple(cfg['pool_size']) == (h // reduction, w // reduction)
     assert cfg['fixed_input_size'] is False or cfg['fixed_input_size'] is True
     assert cfg['architecture'] == name
 
@@ -191,6 +217,7 @@ def test_forward_intermediates(built):
 def test_grad_checkpointing_does_not_change_outputs(built):
     case, _ = built
     name = case[0]
+    _skip_for_segmentation(name, 'gradient checkpointing')
     x = _input(name)
     plain = _build(case).train()
     checkpointed = _build(case).train()

@@ -9,7 +9,7 @@ split into ``(h1, h2)``::
     a2 = (h2 - 0.5) * 2          # in [-1, 1]
     out = max(x * a1, x * a2)
 
-which is ReLU at ``h1 = 1``, ``h2 = 0.5``. ``num_func=1`` is a squeeze-and-excitation style gate ``x * 2 * h``.
+which is ReLU at ``h1 = h2 = 0.5``. ``num_func=1`` is a squeeze-and-excitation style gate ``x * 2 * h``.
 """
 from __future__ import annotations
 

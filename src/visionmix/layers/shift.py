@@ -4,8 +4,8 @@ The axial shift splits the channels into ``shift_size`` groups and moves group `
 positions along one spatial axis, filling the vacated positions with zeros (AS-MLP's axial shift without the
 dilation). UNeXt's official code does it as: zero-pad the map by ``shift_size // 2`` on each side, split the
 channels with ``torch.chunk(x, shift_size)``, ``torch.roll`` chunk ``i`` by ``i - shift_size // 2`` along the axis,
-and crop the padding away; nothing rolls past the padding, so that is exactly a zero-filled shift. Here the map is
-padded once and each group is read off at its offset.
+and crop the padding away; nothing rolls past the padding, so that is exactly a zero-filled shift. Here each group is
+copied once, as a slice, into a zero tensor at its offset (no padded copy, no roll, no concatenation).
 
 ``torch.chunk`` sizes the groups as ``ceil(C / shift_size)`` (256 channels -> 52, 52, 52, 52, 48) and may return
 fewer than ``shift_size`` groups for small C; the extra shifts then go unused, as in the official code.
@@ -18,7 +18,6 @@ from collections.abc import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
 __all__ = ['axial_shift', 'AxialShiftMlp']
@@ -40,13 +39,18 @@ def axial_shift(x: torch.Tensor, shift_size: int, dim: int) -> torch.Tensor:
     pad = shift_size // 2
     if pad == 0:
         return x
-    size = x.shape[dim]
-    pads = [0, 0, 0, 0, 0, 0]  # F.pad runs from the last dim backwards: C, W, H
-    pads[2 * (3 - dim)] = pads[2 * (3 - dim) + 1] = pad
-    padded = F.pad(x, pads)
-    groups = torch.chunk(padded, shift_size, dim=-1)
-    # out[p] = padded[p + pad - s] for shift s
-    return torch.cat([g.narrow(dim, pad - s, size) for g, s in zip(groups, range(-pad, pad + 1))], dim=-1)
+    size, channels = x.shape[dim], x.shape[-1]
+    group = -(-channels // shift_size)  # torch.chunk's group size
+    out = torch.zeros_like(x)
+    # one slice copy per group: out[p] = x[p - s] where it exists, zeros elsewhere
+    for i, s in enumerate(range(-pad, pad + 1)):
+        c0, c1 = i * group, min((i + 1) * group, channels)
+        n = size - abs(s)
+        if c0 >= channels:
+            break
+        if n > 0:
+            out.narrow(dim, max(s, 0), n)[..., c0:c1].copy_(x.narrow(dim, max(-s, 0), n)[..., c0:c1])
+    return out
 
 
 class AxialShiftMlp(nn.Module):

@@ -3,3 +3,5 @@ from . import classic  # noqa: F401  (timm / torchvision pass-throughs)
 from . import hire_mlp  # noqa: F401
 from . import swin_mlp  # noqa: F401
 from . import spach  # noqa: F401
+from . import mobile_former  # noqa: F401
+from . import unext  # noqa: F401
