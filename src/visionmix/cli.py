@@ -121,6 +121,82 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _overrides(args: argparse.Namespace) -> dict:
+    from .engine.config import parse_overrides
+
+    out = parse_overrides(getattr(args, 'set', None))
+    for key in ('model', 'dataset', 'epochs', 'batch_size', 'lr', 'seed', 'output', 'threads', 'workers'):
+        value = getattr(args, key, None)
+        if value is not None:
+            out[key] = value
+    if getattr(args, 'img_size', None) is not None:
+        out['img_size'] = args.img_size
+    for flag in ('channels_last', 'compile', 'skip_corrupt'):
+        if getattr(args, flag, False):
+            out[flag] = True
+    return out
+
+
+def cmd_train(args: argparse.Namespace, console: Console) -> int:
+    from .engine.config import load_config
+    from .engine.train import train
+
+    if args.resume:
+        if args.config or _overrides(args):
+            raise ValueError('--resume continues a run with its saved recipe; drop the other options')
+        result = train(resume=args.resume, console=console)
+    else:
+        cfg = load_config(args.config, _overrides(args))
+        model_card(cfg.model)  # unknown names fail before the data is loaded
+        result = train(cfg, console=console)
+    console.print(f'{result.run_dir}: top-1 {result.top1:.2f}% after {result.epochs_done} epochs (best '
+                  f'{result.best_top1:.2f}% at epoch {result.best_epoch})', highlight=False)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, console: Console) -> int:
+    from .engine.evaluate import run_eval
+
+    res = run_eval(args.checkpoint, dataset=args.dataset, output=args.output, batch_size=args.batch_size,
+                   skip_corrupt=args.skip_corrupt)
+    if args.json:
+        print(json.dumps({k: v for k, v in res.items() if k != 'confusion'}, indent=2))
+        return 0
+    table = Table(title=f'{res["model"]} on {res["dataset"]} ({res["num_images"]} images)', header_style='bold')
+    table.add_column('class')
+    table.add_column('accuracy %', justify='right')
+    for name, acc in res['per_class'].items():
+        table.add_row(name, f'{acc:.2f}')
+    console.print(table)
+    console.print(f'top-1 {res["top1"]:.2f}%  top-5 {res["top5"]:.2f}%  loss {res["loss"]:.4f}', highlight=False)
+    console.print(f'wrote {", ".join(res["files"])}', highlight=False)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, console: Console) -> int:
+    from .engine.evaluate import predict
+
+    results = predict(args.checkpoint, args.images, topk=args.topk)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        tops = ', '.join(f'{t["label"]} {100 * t["prob"]:.1f}%' for t in r['top'])
+        console.print(f'{r["image"]}: {tops}', highlight=False, markup=False)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from .engine.compare import command_line, compare, parse_model_arg
+    from .engine.config import parse_overrides
+
+    entries = [parse_model_arg(m) for m in args.models] if args.models else None
+    compare(entries, dataset=args.dataset, epochs=args.epochs, seeds=args.seeds, img_size=args.img_size,
+            config=args.config, overrides=parse_overrides(args.set), output=args.output,
+            profile=not args.no_profile, console=console, command=command_line())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='visionmix',
@@ -167,6 +243,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--output', metavar='FILE', help='also write the results to FILE')
     p.add_argument('--plot', metavar='FILE.png', help='plot GMACs and params vs img/s to a PNG')
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser('train', help='train one model with the DeiT/SPACH recipe (timm parts), resumable',
+                       description='Train a registered model on a local dataset (digits, synthetic, folder:PATH, '
+                                   'cifar10:PATH, cifar100:PATH) with a YAML recipe plus overrides. Writes the run '
+                                   'directory: config.yaml, metrics.csv, curves.png, last/best.safetensors, '
+                                   'checkpoints/ for --resume. Under torchrun it trains with DDP.')
+    p.add_argument('--config', metavar='FILE.yaml', help='recipe file (see configs/digits.yaml)')
+    p.add_argument('--model', help='registered model name')
+    p.add_argument('--dataset', help='digits | synthetic[:N] | folder:PATH | cifar10:PATH | cifar100:PATH')
+    p.add_argument('--epochs', type=int)
+    p.add_argument('--batch-size', type=int, help='global batch size')
+    p.add_argument('--lr', type=float)
+    p.add_argument('--img-size', type=int)
+    p.add_argument('--seed', type=int)
+    p.add_argument('--threads', type=int, help='torch threads')
+    p.add_argument('--workers', type=int, help='data loader workers (default 0)')
+    p.add_argument('--output', help='run directory (default runs/train)')
+    p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--compile', action='store_true', help='train through torch.compile')
+    p.add_argument('--skip-corrupt', action='store_true', help='skip (and count) unreadable images')
+    p.add_argument('--set', action='append', metavar='KEY=VALUE',
+                   help='override any recipe key, value in YAML (e.g. --set "model_kwargs={embed_dim: 16}")')
+    p.add_argument('--resume', metavar='RUN_DIR', help='continue an interrupted run exactly')
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser('eval', help='evaluate a trained checkpoint: top-1/top-5, per-class, confusion matrix',
+                       description='Evaluate a visionmix train checkpoint (a run directory or .safetensors) on the '
+                                   'val split; writes eval.json and confusion.png.')
+    p.add_argument('checkpoint', help='run directory (uses best.safetensors) or a .safetensors file')
+    p.add_argument('--dataset', help="dataset spec (default: the one it was trained on)")
+    p.add_argument('--output', help='directory for eval.json and confusion.png (default: next to the checkpoint)')
+    p.add_argument('--batch-size', type=int, default=128)
+    p.add_argument('--skip-corrupt', action='store_true', help='skip (and count) unreadable images')
+    p.add_argument('--json', action='store_true', help='print the results as JSON')
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser('predict', help='top-k classes of images with a trained checkpoint',
+                       description="Classify image files with a visionmix train checkpoint: top-k classes and "
+                                   "probabilities, class names from the checkpoint, preprocessing from the model's "
+                                   "pretrained_cfg.")
+    p.add_argument('images', nargs='+', metavar='IMAGE')
+    p.add_argument('--checkpoint', required=True, help='run directory or .safetensors file')
+    p.add_argument('--topk', type=int, default=5)
+    p.add_argument('--json', action='store_true', help='print the results as JSON')
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser('compare', help='train and profile models under one recipe; write a report',
+                       description='The fair comparison: every model gets the identical recipe, data, budget and '
+                                   'seeds, is profiled at the training input size, and lands in one report '
+                                   '(report.md, results.json/csv, Pareto plots, curves). Without --models it runs '
+                                   'the embedded SPACH-style study on digits. Re-run to resume.')
+    p.add_argument('--models', nargs='+', metavar='MODEL',
+                   help="default-study labels, registry names, or NAME:'{yaml kwargs}'")
+    p.add_argument('--dataset', help='dataset spec (default digits)')
+    p.add_argument('--epochs', type=int)
+    p.add_argument('--seeds', type=int, nargs='+', help='seeds (default: 0)')
+    p.add_argument('--img-size', type=int)
+    p.add_argument('--config', metavar='FILE.yaml', help='recipe file replacing the default recipe keys it sets')
+    p.add_argument('--set', action='append', metavar='KEY=VALUE', help='override a recipe key')
+    p.add_argument('--output', default='runs/compare', help='report directory (default runs/compare)')
+    p.add_argument('--no-profile', action='store_true', help='skip profiling (no params/MACs/img/s columns)')
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

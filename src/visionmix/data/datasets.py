@@ -1,7 +1,7 @@
 """Dataset specs -> (train, val) datasets of PIL images; transforms are applied by the caller's ``transform``."""
 from __future__ import annotations
 
-import os
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +92,7 @@ def _upscale(images: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=4)
 def load_digits_arrays(img_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's digits as uint8 RGB (N, S, S, 3), split 80/20 stratified with a fixed seed."""
     from sklearn.datasets import load_digits

@@ -50,7 +50,7 @@ class TrainConfig:
     cutmix: float = 0.0
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
-    auto_augment: str | None = 'rand-m9-mstd0.5-inc1'
+    auto_augment: str | None = 'rand-m9-mstd0.5-inc1-mmax9'  # mmax9: Pillow>=10 refuses posterize to 0 bits (m10)
     reprob: float = 0.25
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -209,6 +209,7 @@ def environment_info() -> dict[str, Any]:
                 rev += '-dirty'
     except (OSError, subprocess.SubprocessError):
         pass
-    return dict(git_revision=rev, visionmix=__version__, torch=torch.__version__, timm=timm.__version__,
+    info = dict(git_revision=rev, visionmix=__version__, torch=torch.__version__, timm=timm.__version__,
                 torchvision=torchvision.__version__, numpy=numpy.__version__, python=platform.python_version(),
                 platform=platform.platform())
+    return {k: None if v is None else str(v) for k, v in info.items()}

@@ -1,0 +1,7 @@
+"""``python -m visionmix`` (and ``torchrun -m visionmix train ...``) runs the command line."""
+import sys
+
+from .cli import main
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""``visionmix compare``: every model trained with the identical recipe, data, budget and seeds, then profiled at
+the training input size; one report (Markdown, JSON, CSV, Pareto plots, training curves).
+
+The embedded default (no arguments) is a small SPACH-style study on ``digits`` at 32x32: the SPACH skeleton with
+the conv / attention / MLP spatial functions and the conv+attention hybrid, the Hire, window-MLP and shift mixers,
+and one classic CNN. Its list is :data:`DEFAULT_STUDY`; its recipe is :data:`DEFAULT_RECIPE`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from ..registry import list_models
+from .config import ConfigError, TrainConfig, load_config, read_yaml
+from .train import SUMMARY_FILE, CHECKPOINT_DIR, STATE_FILE, build_model, train
+
+__all__ = ['StudyEntry', 'DEFAULT_STUDY', 'DEFAULT_RECIPE', 'parse_model_arg', 'compare', 'CompareError']
+
+
+class CompareError(ValueError):
+    """A comparison that cannot run as asked."""
+
+
+@dataclass
+class StudyEntry:
+    """One model of a study: a label for the report, a registered name, and builder kwargs."""
+
+    label: str
+    model: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    spatial: str = ''
+
+
+def _spach(*stages: Any) -> dict[str, Any]:
+    """A 3-stage SPACH-MS for 32x32 input: patch 4 (grids 8, 4, 2), widths 24 / 48 / 96, one block per stage."""
+    return dict(net_arch=[list(s) for s in stages], embed_dim=24, num_heads=2)
+
+
+# The default study, one place (label, registry name, kwargs, spatial function). An entry whose model is not
+# registered (e.g. Mobile-Former before its family lands) is skipped with a note in the report.
+DEFAULT_STUDY: list[StudyEntry] = [
+    StudyEntry('SPACH-Conv', 'spach_ms', _spach(('pass', 1), ('pass', 1), ('pass', 1)), 'conv'),
+    StudyEntry('SPACH-Attn', 'spach_ms', _spach(('attn', 1), ('attn', 1), ('attn', 1)), 'attention'),
+    StudyEntry('SPACH-MLP', 'spach_ms', _spach(('mlp', 1), ('mlp', 1), ('mlp', 1)), 'token MLP'),
+    StudyEntry('SPACH-Hybrid', 'spach_ms', _spach(('pass', 1), ('pass', 1), ('attn', 1)), 'conv + attention'),
+    StudyEntry('SPACH-Hire', 'spach_ms', _spach(('hire', 1), ('hire', 1), ('hire', 1)), 'Hire-MLP'),
+    StudyEntry('SPACH-WindowMLP', 'spach_ms', _spach(('window_mlp', 1, {'window_size': 4}),
+                                                     ('window_mlp', 1, {'window_size': 4}),
+                                                     ('window_mlp', 1, {'window_size': 2})), 'window MLP'),
+    StudyEntry('SPACH-Shift', 'spach_ms', _spach(('shift', 1), ('shift', 1), ('shift', 1)), 'axial shift'),
+    # timm's ResNet-50 code at 1 bottleneck per stage, widths 16..128, output stride 8 (32x32 -> 4x4 features;
+    # at stride 32 the features are 1x1 and it reaches only ~82% in this budget)
+    StudyEntry('ResNet-tiny', 'resnet50', dict(layers=[1, 1, 1, 1], channels=[16, 32, 64, 128], stem_width=16,
+                                               output_stride=8), 'conv (classic CNN)'),
+    # the smallest official Mobile-Former as is: ~0.5 MMACs at 32x32; 94.7% in this budget when measured
+    StudyEntry('Mobile-Former-26M', 'mobile_former_26m', {}, 'Mobile-Former bridge'),
+]
+
+# Short-budget recipe from the DeiT/SPACH parts, tuned for digits at 32x32 on 2 CPU cores (see configs/digits.yaml).
+DEFAULT_RECIPE: dict[str, Any] = dict(
+    dataset='digits', img_size=32, epochs=5, batch_size=64, lr=3e-3, weight_decay=0.05, warmup_epochs=1,
+    min_lr=1e-5, smoothing=0.1, mixup=0.0, cutmix=0.0, auto_augment=None, reprob=0.0, scale=[0.6, 1.0],
+    ratio=[0.9, 1.1], hflip=0.0, drop_path=0.0, model_ema=False, clip_grad=None, seed=0)
+
+
+def parse_model_arg(text: str) -> StudyEntry:
+    """``SPACH-Conv`` (a default-study label), ``resnet50`` or ``NAME:{yaml kwargs}`` -> a :class:`StudyEntry`."""
+    for entry in DEFAULT_STUDY:
+        if entry.label.lower() == text.lower():
+            return entry
+    name, sep, rest = text.partition(':')
+    kwargs: dict[str, Any] = {}
+    if sep:
+        try:
+            kwargs = yaml.safe_load(rest)
+        except yaml.YAMLError as e:
+            raise CompareError(f'model {text!r}: kwargs after ":" must be a YAML mapping ({str(e).splitlines()[0]})'
+                               ) from None
+        if not isinstance(kwargs, dict):
+            raise CompareError(f'model {text!r}: kwargs after ":" must be a YAML mapping like {{embed_dim: 16}}')
+    if name not in list_models():
+        from ..registry import model_card
+
+        model_card(name)  # raises UnknownModelError with the closest names
+    return StudyEntry(text if sep else name, name, kwargs)
+
+
+def _safe(label: str) -> str:
+    return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in label)
+
+
+def _profile(entry: StudyEntry, cfg: TrainConfig, num_classes: int, path: Path) -> dict[str, Any]:
+    if path.is_file():
+        return json.loads(path.read_text())
+    from ..profile import profile_model
+
+    model = build_model(entry.model, num_classes, cfg.img_size, entry.kwargs)
+    res = profile_model(model, img_size=cfg.img_size, batch_size=cfg.batch_size, mode='both', warmup=2, iters=5,
+                        memory=False, name=entry.label, threads=cfg.threads)
+    out = dict(params=res.params, gmacs=res.gmacs, macs_counter=res.macs_counter,
+               latency_ms=res.latency_ms.median if res.latency_ms else None,
+               infer_img_s=res.infer_img_s.median if res.infer_img_s else None,
+               train_img_s=res.train_img_s.median if res.train_img_s else None, threads=res.threads,
+               batch_size=res.batch_size)
+    path.write_text(json.dumps(out, indent=2))
+    return out
+
+
+def compare(
+        models: list[StudyEntry] | None = None,
+        *,
+        dataset: str | None = None,
+        epochs: int | None = None,
+        seeds: list[int] | None = None,
+        img_size: int | None = None,
+        config: str | Path | None = None,
+        overrides: dict[str, Any] | None = None,
+        output: str | Path = 'runs/compare',
+        profile: bool = True,
+        console: Console | None = None,
+        command: str | None = None,
+) -> dict[str, Any]:
+    """Train every model with the same recipe and seeds, profile it, and write the report to ``output``.
+
+    Finished runs (``summary.json`` present) are skipped and interrupted runs resume, so re-running the same command
+    after an interruption continues where it stopped.
+
+    Returns:
+        The content of ``results.json``.
+    """
+    console = console or Console()
+    started = time.perf_counter()
+    registered = set(list_models())
+    entries = list(models) if models else [e for e in DEFAULT_STUDY if e.model in registered]
+    notes = [] if models else [f'{e.label} skipped: {e.model} is not registered in this install'
+                               for e in DEFAULT_STUDY if e.model not in registered]
+    for note in notes:
+        console.print(f'note: {note}', style='yellow', highlight=False)
+    labels = [e.label for e in entries]
+    if len(set(labels)) != len(labels):
+        raise CompareError(f'duplicate model labels {sorted({x for x in labels if labels.count(x) > 1})}')
+    base = dict(DEFAULT_RECIPE)
+    if config is not None:
+        file_data = read_yaml(config)
+        base.update(file_data)
+    base.update(overrides or {})
+    for key, value in (('dataset', dataset), ('epochs', epochs), ('img_size', img_size)):
+        if value is not None:
+            base[key] = value
+    seeds = list(seeds) if seeds else [base.get('seed', 0)]
+    if len(set(seeds)) != len(seeds) or any(not isinstance(s, int) or s < 0 for s in seeds):
+        raise CompareError(f'seeds must be distinct integers >= 0, got {seeds}')
+    for key in ('model', 'model_kwargs', 'output'):
+        if key in base:
+            raise ConfigError(f'{key!r} is set per model by compare; remove it from the recipe')
+    recipe = load_config(overrides=base)  # validates once, before any run
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    record = dict(recipe={k: v for k, v in recipe.to_dict().items() if k not in ('model', 'model_kwargs', 'output')},
+                  seeds=seeds, models=[dict(label=e.label, model=e.model, kwargs=e.kwargs) for e in entries])
+    record = json.loads(json.dumps(record))
+    record_path = out / 'compare.json'
+    if record_path.is_file():
+        previous = json.loads(record_path.read_text())
+        if previous['recipe'] != record['recipe'] or previous['seeds'] != record['seeds']:
+            raise CompareError(f'{out} holds a comparison with another recipe or seeds; use another --output (or '
+                               f'delete it) so that every model shares one recipe')
+    record_path.write_text(json.dumps(record, indent=2))
+
+    console.print(f'compare: {len(entries)} models x {len(seeds)} seed(s) on {recipe.dataset} at '
+                  f'{recipe.img_size}px, {recipe.epochs} epochs each -> {out}', highlight=False)
+    rows = []
+    for i, entry in enumerate(entries):
+        model_dir = out / _safe(entry.label)
+        model_dir.mkdir(exist_ok=True)
+        runs = []
+        for seed in seeds:
+            run_dir = model_dir / f'seed{seed}'
+            tag = f'[{i + 1}/{len(entries)}] {entry.label} seed {seed}'
+            if (run_dir / SUMMARY_FILE).is_file():
+                summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+                console.print(f'{tag}: done before, top-1 {summary["top1"]:.2f}% (skipped)', highlight=False)
+                runs.append(summary)
+                continue
+            cfg = load_config(overrides=dict(recipe.to_dict(), model=entry.model, model_kwargs=entry.kwargs,
+                                             seed=seed, output=str(run_dir)))
+            resume = run_dir if (run_dir / CHECKPOINT_DIR / STATE_FILE).is_file() else None
+            result = train(cfg, resume=resume, console=console, label=tag)
+            runs.append(result.to_dict())
+        num_classes = None
+        prof: dict[str, Any] = {}
+        if profile:
+            config_yaml = yaml.safe_load((model_dir / f'seed{seeds[0]}' / 'config.yaml').read_text())
+            num_classes = len(config_yaml['data']['classes'])
+            prof = _profile(entry, recipe, num_classes, model_dir / 'profile.json')
+        top1s = [r['top1'] for r in runs]
+        row = dict(label=entry.label, model=entry.model, kwargs=entry.kwargs, spatial=entry.spatial,
+                   params=prof.get('params'), gmacs=prof.get('gmacs'), infer_img_s=prof.get('infer_img_s'),
+                   train_img_s=prof.get('train_img_s'), latency_ms=prof.get('latency_ms'),
+                   top1_mean=statistics.fmean(top1s), top1_std=statistics.stdev(top1s) if len(top1s) > 1 else 0.0,
+                   top1_per_seed=top1s, best_top1_per_seed=[r['best_top1'] for r in runs],
+                   train_seconds=sum(r['train_seconds'] for r in runs),
+                   history=runs[0]['history'])
+        rows.append(row)
+        console.print(f'[{i + 1}/{len(entries)}] {entry.label}: top-1 {row["top1_mean"]:.2f}% '
+                      f'(+- {row["top1_std"]:.2f}), {row["train_seconds"]:.0f}s training', highlight=False)
+
+    elapsed = time.perf_counter() - started
+    results = dict(command=command or 'visionmix compare', dataset=recipe.dataset, img_size=recipe.img_size,
+                   epochs=recipe.epochs, seeds=seeds, recipe=record['recipe'], elapsed_seconds=elapsed,
+                   notes=notes, models=rows)
+    write_report(results, out)
+    console.print(results_table(rows))
+    console.print(f'report: {out / "report.md"} ({elapsed:.0f}s this invocation)', highlight=False)
+    return results
+
+
+# ------------------------------------------------------------------------------------------------------ report
+
+CSV_FIELDS = ['label', 'model', 'spatial', 'params', 'gmacs', 'infer_img_s', 'train_img_s', 'latency_ms',
+              'top1_mean', 'top1_std', 'train_seconds', 'kwargs']
+
+
+def _f(value: Any, spec: str) -> str:
+    return '-' if value is None else format(value, spec)
+
+
+def results_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title='visionmix compare', header_style='bold')
+    for col in ('model', 'spatial', 'params', 'MMACs', 'infer img/s', 'train img/s', 'top-1 %', 'train s'):
+        table.add_column(col, justify='left' if col in ('model', 'spatial') else 'right')
+    for r in rows:
+        table.add_row(r['label'], r['spatial'], _f(r['params'] and r['params'] / 1e3, '.1f') + 'k',
+                      _f(r['gmacs'] and r['gmacs'] * 1e3, '.2f'), _f(r['infer_img_s'], '.0f'), _f(r['train_img_s'], '.0f'),
+                      f'{r["top1_mean"]:.2f} +- {r["top1_std"]:.2f}', f'{r["train_seconds"]:.0f}')
+    return table
+
+
+def _pareto(points: list[tuple[float, float]], higher_x_better: bool) -> list[int]:
+    """Indices on the Pareto front (maximise top-1; minimise MACs or maximise img/s)."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(
+            (y2 >= y and (x2 >= x if higher_x_better else x2 <= x)) and (y2 > y or x2 != x)
+            for j, (x2, y2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def _scatter(rows: list[dict[str, Any]], key: str, xlabel: str, path: Path, higher_x_better: bool,
+             log: bool = True) -> Path | None:
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    pts = [(r[key], r['top1_mean'], r['top1_std'], r['label']) for r in rows if r.get(key)]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    if pts:
+        for x, y, err, label in pts:
+            ax.errorbar([x], [y], yerr=[err], fmt='o', capsize=3)
+            ax.annotate(label, (x, y), textcoords='offset points', xytext=(4, 4), fontsize=8)
+        front = _pareto([(p[0], p[1]) for p in pts], higher_x_better)
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], '--', color='gray', label='Pareto front')
+        ax.legend(loc='lower right')
+        if log:
+            ax.set_xscale('log')
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel('top-1 (%)')
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _curves(rows: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in rows:
+        h = r['history']
+        ax1.plot([e['epoch'] for e in h], [e['train_loss'] for e in h], label=r['label'])
+        ax2.plot([e['epoch'] for e in h], [e['val_top1'] for e in h], label=r['label'])
+    ax1.set(xlabel='epoch', ylabel='train loss')
+    ax2.set(xlabel='epoch', ylabel='val top-1 (%)')
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+REPORT_FILES = ('report.md', 'results.json', 'results.csv', 'top1_vs_macs.png', 'top1_vs_img_s.png', 'curves.png')
+
+
+def write_report(results: dict[str, Any], out: Path) -> list[Path]:
+    rows = results['models']
+    (out / 'results.json').write_text(json.dumps(results, indent=2))
+    with open(out / 'results.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction='ignore')
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(dict(r, kwargs=json.dumps(r['kwargs'])))
+    _scatter(rows, 'gmacs', 'GMACs per image (log)', out / 'top1_vs_macs.png', higher_x_better=False)
+    _scatter(rows, 'infer_img_s', 'inference img/s (log)', out / 'top1_vs_img_s.png', higher_x_better=True)
+    _curves(rows, out / 'curves.png')
+    seeds = ', '.join(map(str, results['seeds']))
+    lines = [
+        '# visionmix compare', '',
+        f'{len(rows)} models, each trained with the identical recipe on `{results["dataset"]}` at '
+        f'{results["img_size"]}x{results["img_size"]} for {results["epochs"]} epochs, seeds {seeds}; profiled at the '
+        f'training input size. Top-1 is the final-epoch validation accuracy (mean +- std over seeds).', '',
+        '| model | spatial | params | MMACs | infer img/s | train img/s | top-1 % | train s |',
+        '|---|---|---:|---:|---:|---:|---:|---:|',
+    ]
+    for r in rows:
+        lines.append(f'| {r["label"]} | {r["spatial"]} | {_f(r["params"], ",")} | {_f(r["gmacs"] and r["gmacs"] * 1e3, ".2f")} | '
+                     f'{_f(r["infer_img_s"], ".0f")} | {_f(r["train_img_s"], ".0f")} | '
+                     f'{r["top1_mean"]:.2f} +- {r["top1_std"]:.2f} | {r["train_seconds"]:.0f} |')
+    lines += ['', f'Time: {results["elapsed_seconds"]:.0f} s in the last invocation (runs finished earlier are '
+              f'reused).', '',
+              '![top-1 vs MACs](top1_vs_macs.png)', '', '![top-1 vs img/s](top1_vs_img_s.png)', '',
+              '![training curves](curves.png)', '', '## Command', '', '```', results['command'], '```', '',
+              '## Recipe (identical for every model)', '', '```yaml',
+              yaml.safe_dump(results['recipe'], sort_keys=False).rstrip(), '```', '', '## Models', '']
+    for r in rows:
+        lines.append(f'- **{r["label"]}**: `{r["model"]}` with `{json.dumps(r["kwargs"])}`')
+    if results.get('notes'):
+        lines += ['', '## Notes', ''] + [f'- {n}' for n in results['notes']]
+    (out / 'report.md').write_text('\n'.join(lines) + '\n')
+    return [out / f for f in REPORT_FILES]
+
+
+def command_line() -> str:
+    return 'visionmix ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])

@@ -1,0 +1,158 @@
+"""train / eval / predict: short real runs on a digits subset with tiny models."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from visionmix.cli import main
+from visionmix.engine import ConfigError, TrainError, load_config, train
+from visionmix.engine.evaluate import EvalError, predict, run_eval
+from visionmix.engine.train import CHECKPOINT_DIR, STATE_FILE
+
+TINY = dict(model='spach_ms', model_kwargs={'net_arch': [['pass', 1], ['pass', 1]], 'embed_dim': 16},
+            dataset='digits', img_size=16, limit_train=512, batch_size=32, lr=5e-3, warmup_epochs=0,
+            auto_augment=None, reprob=0.0, hflip=0.0, scale=[0.7, 1.0], threads=1)
+
+
+def tiny(tmp_path: Path, name: str = 'run', **changes) -> object:
+    return load_config(overrides=dict(TINY, output=str(tmp_path / name), **changes))
+
+
+def test_learns_digits_above_chance_and_writes_run_dir(tmp_path):
+    result = train(tiny(tmp_path, epochs=3), progress=False)
+    assert result.finished and result.epochs_done == 3
+    assert result.top1 > 40  # chance is 10%
+    run = tmp_path / 'run'
+    for name in ('config.yaml', 'metrics.csv', 'curves.png', 'last.safetensors', 'best.safetensors',
+                 'summary.json', f'{CHECKPOINT_DIR}/{STATE_FILE}'):
+        assert (run / name).is_file(), name
+    lines = (run / 'metrics.csv').read_text().splitlines()
+    assert len(lines) == 4 and lines[0].startswith('epoch,lr,train_loss')
+    import yaml
+    record = yaml.safe_load((run / 'config.yaml').read_text())
+    assert record['config']['model'] == 'spach_ms' and 'torch' in record['environment']
+    assert 'git_revision' in record['environment']
+
+    # eval: top-1 / top-5, per-class, confusion matrix PNG, JSON
+    res = run_eval(run, output=tmp_path / 'eval')
+    assert (tmp_path / 'eval' / 'eval.json').is_file() and (tmp_path / 'eval' / 'confusion.png').is_file()
+    assert res['num_images'] == 360 and len(res['per_class']) == 10
+    assert sum(map(sum, res['confusion'])) == 360
+    assert abs(res['top1'] - result.best_top1) < 1e-3  # best.safetensors is the best epoch's weights
+
+    # predict: a digit image from the val split, classes from the checkpoint
+    from visionmix.data import build_datasets
+    _, val, _ = build_datasets('digits', img_size=16)
+    img = tmp_path / 'digit.png'
+    val.load(0).save(img)
+    out = predict(run / 'last.safetensors', [img], topk=3)
+    assert len(out[0]['top']) == 3 and out[0]['top'][0]['label'] in [str(i) for i in range(10)]
+    assert sum(t['prob'] for t in out[0]['top']) <= 1 + 1e-6
+    assert out[0]['top'][0]['prob'] >= out[0]['top'][1]['prob']
+    with pytest.raises(EvalError, match='does not exist'):
+        predict(run, [tmp_path / 'missing.png'])
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    """The full recipe (RandAugment, erasing, mixup/cutmix, EMA, drop path, clipping): stop after epoch 1, resume."""
+    recipe = dict(epochs=2, auto_augment='rand-m9-mstd0.5-inc1-mmax9', reprob=0.25, mixup=0.8, cutmix=1.0,
+                  model_ema=True, model_ema_decay=0.9, drop_path=0.1, clip_grad=1.0, warmup_epochs=1,
+                  model_kwargs={'net_arch': [['pass', 1], ['attn', 1]], 'embed_dim': 8, 'num_heads': 1},
+                  limit_train=128)
+    full = train(tiny(tmp_path, 'full', **recipe), progress=False)
+    part = train(tiny(tmp_path, 'part', **recipe), progress=False, stop_after=1)
+    assert not part.finished and part.epochs_done == 1
+    with pytest.raises(TrainError, match='--resume'):
+        train(tiny(tmp_path, 'part', **recipe), progress=False)
+    resumed = train(resume=tmp_path / 'part', progress=False)
+    assert resumed.finished
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ('img_s', 'epoch_seconds')} for r in h]  # noqa: E731
+    assert strip(resumed.history) == strip(full.history)
+    a = load_file(str(tmp_path / 'full' / 'last.safetensors'))
+    b = load_file(str(tmp_path / 'part' / 'last.safetensors'))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_config_cases(tmp_path, capsys):
+    with pytest.raises(ConfigError, match='unknown key'):
+        load_config(overrides=dict(learning_rate=1))
+    with pytest.raises(ConfigError, match='epochs must be a positive integer'):
+        load_config(overrides=dict(epochs=0))
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('lr: [1, 2\n')
+    with pytest.raises(ConfigError, match='not valid YAML'):
+        load_config(bad)
+    with pytest.raises(TrainError, match='no checkpoint'):
+        train(resume=tmp_path)
+    for argv in (['train', '--config', str(bad)], ['train', '--set', 'bogus=1'], ['train', '--set', 'lr'],
+                 ['train', '--model', 'no_such_model'], ['train', '--epochs', '-1'],
+                 ['eval', str(tmp_path / 'nothing.safetensors')]):
+        code = main(argv)
+        out = capsys.readouterr().out.strip()
+        assert code == 2 and out.startswith('error:') and '\n' not in out, (argv, out)
+
+
+def test_example_recipe_loads():
+    cfg = load_config(Path(__file__).parents[1] / 'configs' / 'digits.yaml')
+    assert cfg.dataset == 'digits' and cfg.img_size == 32
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, '-m', 'visionmix', *args]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
+    sets = ['--set', 'threads=1', '--set', 'limit_train=512', '--set', 'img_size=16', '--set', 'auto_augment=null',
+            '--set', 'model_kwargs={net_arch: [[pass, 1]], embed_dim: 8}', '--set', 'mixup=0.8',
+            '--set', 'model_ema=true', '--epochs', '4', '--batch-size', '32', '--model', 'spach_ms']
+    env = dict(os.environ, HF_HUB_OFFLINE='1')
+    subprocess.run(_cli('train', *sets, '--output', str(tmp_path / 'full')), check=True, env=env,
+                   capture_output=True)
+    proc = subprocess.Popen(_cli('train', *sets, '--output', str(tmp_path / 'killed')), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / 'killed' / CHECKPOINT_DIR / STATE_FILE
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # well inside epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = torch.load(state, weights_only=True)['epoch']
+    assert 1 <= done < 4
+    subprocess.run(_cli('train', '--resume', str(tmp_path / 'killed')), check=True, env=env, capture_output=True)
+    full = json.loads((tmp_path / 'full' / 'summary.json').read_text())
+    resumed = json.loads((tmp_path / 'killed' / 'summary.json').read_text())
+    assert [r['val_top1'] for r in full['history']] == [r['val_top1'] for r in resumed['history']]
+    assert [r['train_loss'] for r in full['history']] == [r['train_loss'] for r in resumed['history']]
+    a = load_file(str(tmp_path / 'full' / 'last.safetensors'))
+    b = load_file(str(tmp_path / 'killed' / 'last.safetensors'))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(tmp_path):
+    """torchrun with 2 gloo processes: the run completes, only rank 0 writes, and the val top-1 it reports (reduced
+    across ranks by torchmetrics) equals a single-process evaluation of the saved weights."""
+    out = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29531', '-m',
+           'visionmix', 'train', '--model', 'spach_ms', '--epochs', '2', '--batch-size', '32', '--output', str(out),
+           '--set', 'threads=1', '--set', 'limit_train=256', '--set', 'img_size=16', '--set', 'auto_augment=null',
+           '--set', 'model_kwargs={net_arch: [[pass, 1], [pass, 1]], embed_dim: 16}']
+    proc = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE='1'), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['finished'] and len(summary['history']) == 2
+    assert proc.stdout.count('epoch 2/2') == 1  # rank 0 prints, rank 1 does not
+    import yaml
+    assert yaml.safe_load((out / 'config.yaml').read_text())['world_size'] == 2
+    res = run_eval(out / 'last.safetensors', output=tmp_path / 'eval')
+    assert res['top1'] == pytest.approx(summary['history'][-1]['val_top1'], abs=1e-3)
