@@ -1,4 +1,3 @@
-import warnings
 from pathlib import Path
 
 import pytest
@@ -179,5 +178,3 @@ def test_no_tensors_is_a_clear_error(tmp_path):
     torch.save({'epoch': 1, 'args': {'lr': 0.1}}, tmp_path / 'meta.pth')
     with pytest.raises(CheckpointError, match='no tensors'):
         load_checkpoint(_small(), tmp_path / 'meta.pth')
-    with warnings.catch_warnings():
-        warnings.simplefilter('error')

@@ -11,7 +11,7 @@ import difflib
 import fnmatch
 import functools
 import inspect
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Literal
 
 import timm
@@ -91,7 +91,6 @@ class UnknownModelError(ValueError):
 class _Entry:
     card: ModelCard
     builder: Callable[..., nn.Module] | None = None  # only for torchvision pass-throughs
-    tags: tuple[str, ...] = field(default_factory=tuple)
 
 
 _ENTRIES: dict[str, _Entry] = {}
@@ -267,7 +266,3 @@ def checkpoint_filter_for(name: str) -> Callable[[dict, nn.Module], dict] | None
     module = inspect.getmodule(timm.models.model_entrypoint(name))
     return getattr(module, 'checkpoint_filter_fn', None)
 
-
-def with_card_notes(card: ModelCard, **changes: Any) -> ModelCard:
-    """Copy of a card with some fields replaced (variants that share most facts)."""
-    return replace(card, **changes)
