@@ -6,13 +6,14 @@ github.com/jeya-maria-jose/UNeXt-pytorch. Their files import helpers that are no
 ``utils``, ``mmcv``, ``matplotlib``); those imports are served from stubs / today's timm, nothing else is changed. The
 official Mobile-Former prints its modules on construction; that output is swallowed.
 
-Measured (CPU, 1 thread, batch 8, 8 interleaved pairs, median ratio of visionmix / official speed, loaded machine):
-mobile_former_26m 0.95x (IQR 0.86-0.99), 96m 1.04x, 294m 0.97x (IQR 0.94-1.00), 508m 1.03x, i.e. on par;
-unext 1.25x, unext_s 1.12x. Outputs equal within 6.3e-7 relative (random weights and BN statistics).
+Measured (CPU, 1 thread, batch 8, 12 interleaved pairs, median ratio of visionmix / official images per second,
+loaded 2-core machine; full output in benchmarks/results/mobile_former_unext.md): Mobile-Former 1.22x-1.32x faster in
+inference and 1.33x-1.47x faster per training step over all seven variants; UNeXt 1.20x / 1.19x, UNeXt-S 1.22x /
+1.16x. Outputs equal within 9e-7 relative (random weights and BN statistics).
 
 Usage:
     python benchmarks/bench_mobile_former.py --mobile-former /path/to/MobileFormer --unext /path/to/UNeXt-pytorch \
-        [--batch 8] [--iters 10] [--threads 2]
+        [--batch 8] [--iters 10] [--threads 1] [--mode infer|train|both] [--models NAME ...]
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import visionmix
 from visionmix.models import mobile_former, unext
 from visionmix.profile import compare_speed
 
-MOBILE_FORMERS = ('mobile_former_26m', 'mobile_former_96m', 'mobile_former_294m', 'mobile_former_508m')
+MOBILE_FORMERS = tuple(f'mobile_former_{s}' for s in ('26m', '52m', '96m', '151m', '214m', '294m', '508m'))
 
 
 def _exec(name: str, path: Path, package: str | None = None) -> types.ModuleType:
@@ -100,10 +101,13 @@ def compare(name: str, official: nn.Module, ours: nn.Module, filter_fn, img: int
         ref, out = official(x), ours(x)
     diff = (ref - out).abs().max().item() / ref.abs().max().item()
     result = compare_speed(ours, official, img_size=img, batch_size=args.batch, threads=args.threads,
-                           iters=args.iters, names=(f'visionmix {name}', f'official {name}'))
-    r = result.infer.ratio
-    print(f'{name:22s} {img:4d}  max rel diff {diff:.1e}  speed visionmix / official: {r.median:.2f}x '
-          f'(IQR {r.q1:.2f}-{r.q3:.2f}; {result.infer.a_img_s.median:.1f} vs {result.infer.b_img_s.median:.1f} img/s)')
+                           iters=args.iters, mode=args.mode, names=(f'visionmix {name}', f'official {name}'))
+    print(f'{name:18s} {img:4d}  max rel diff {diff:.1e}')
+    for mode, pairs in (('inference', result.infer), ('train step', result.train)):
+        if pairs is not None:
+            r = pairs.ratio
+            print(f'    {mode:10s} speed visionmix / official: {r.median:.2f}x (IQR {r.q1:.2f}-{r.q3:.2f}; '
+                  f'{pairs.a_img_s.median:.1f} vs {pairs.b_img_s.median:.1f} img/s)')
 
 
 def main() -> None:
@@ -114,6 +118,8 @@ def main() -> None:
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--iters', type=int, default=10)
     parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument('--mode', choices=('infer', 'train', 'both'), default='both',
+                        help='time inference, a training step (forward, loss, backward, AdamW step), or both')
     args = parser.parse_args()
     if args.mobile_former:
         off = load_official_mobile_former(args.mobile_former)

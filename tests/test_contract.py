@@ -7,8 +7,8 @@ Segmentation models (family 'segmentation', e.g. UNeXt) take the checks that app
 gives (B, K, H, W) logits with gradients everywhere, pretrained_cfg, features_only, forward_intermediates,
 export / fx / compile, the checkpoint round trip and timm creation. Not applicable, and skipped with that reason:
 forward_head / pre_logits and reset_classifier (no pooled classifier head: ``num_classes`` is the number of output
-maps), pool_size, and gradient checkpointing (UNeXt is five encoder and four decoder levels with skips, not a
-stage sequence). tests/models/test_unext.py holds the segmentation-specific checks.
+maps) and pool_size. Gradient checkpointing applies (UNeXt recomputes each encoder / decoder level).
+tests/models/test_unext.py holds the segmentation-specific checks.
 """
 from __future__ import annotations
 
@@ -217,7 +217,6 @@ def test_forward_intermediates(built):
 def test_grad_checkpointing_does_not_change_outputs(built):
     case, _ = built
     name = case[0]
-    _skip_for_segmentation(name, 'gradient checkpointing')
     x = _input(name)
     plain = _build(case).train()
     checkpointed = _build(case).train()

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import visionmix
 from official_keys import read_official_keys
 from visionmix.layers.bridge import Former, FormerToMobile, MobileToFormer
-from visionmix.models.mobile_former import MobileFormer, channel_shuffle, checkpoint_filter_fn
+from visionmix.models.mobile_former import ConvBn, MobileFormer, channel_shuffle, checkpoint_filter_fn
 from visionmix.profile import count_macs, count_params
 
 SMALL = 'mobile_former_26m'
@@ -221,6 +221,25 @@ def test_bridges_against_explicit_attention():
     mid = former.norm1(t + former.proj(torch.cat(heads, -1)))
     expected = former.norm2(mid + former.fc2(F.gelu(former.fc1(mid))))
     assert torch.allclose(former(t), expected, atol=1e-6)
+
+
+def test_conv_bn_eval_fold_equals_conv_then_bn():
+    torch.manual_seed(0)
+    for groups in (1, 2, 8):
+        block = ConvBn(8, 16, 3, 2, groups=groups)
+        with torch.no_grad():
+            block.bn.running_mean.uniform_(-1, 1)
+            block.bn.running_var.uniform_(0.5, 2)
+            block.bn.weight.uniform_(0.5, 1.5)
+            block.bn.bias.uniform_(-1, 1)
+        block.eval()
+        x = torch.randn(2, 8, 9, 7)
+        assert torch.allclose(block(x), block.bn(block.conv(x)), atol=1e-5)
+        block.train()  # training still normalises with the batch statistics and updates them
+        before = block.bn.running_mean.clone()
+        out = block(x)
+        assert torch.allclose(out.mean((0, 2, 3)), block.bn.bias, atol=1e-5)
+        assert not torch.equal(before, block.bn.running_mean)
 
 
 def test_timm_create_model():

@@ -8,8 +8,10 @@ CVPR 2022, arXiv:2108.05895).
   tokens, the map is the (unprojected) query, and the result is added to the map.
 
 Tokens are laid out ``(B, T, D)`` (batch first); the official code keeps ``(T, B, D)``, which gives the same outputs.
-Heads split the channels into contiguous groups, as in the official code. Attention runs through
-``F.scaled_dot_product_attention`` with the official scale ``head_dim ** -0.5``.
+Heads split the channels into contiguous groups, as in the official code; the scale is the official
+``head_dim ** -0.5``. The attention is written out (two matmuls and a softmax) rather than through
+``F.scaled_dot_product_attention`` so that the map never needs a transposed copy: with a handful of tokens and
+thousands of pixels, the layout decides the speed.
 """
 from __future__ import annotations
 
@@ -54,8 +56,9 @@ class MobileToFormer(nn.Module):
         B, C, H, W = x.shape
         T = tokens.shape[1]
         q = self.q(tokens).reshape(B, T, self.num_heads, -1).transpose(1, 2)  # B, N, T, C/N
-        kv = x.reshape(B, self.num_heads, C // self.num_heads, H * W).transpose(-1, -2)  # B, N, HW, C/N
-        out = F.scaled_dot_product_attention(q, kv, kv, scale=self.scale)
+        kv = x.reshape(B, self.num_heads, C // self.num_heads, H * W)  # B, N, C/N, HW: the map as it lies
+        attn = torch.matmul(q * self.scale, kv).softmax(dim=-1)  # B, N, T, HW
+        out = torch.matmul(attn, kv.transpose(-1, -2))  # B, N, T, C/N (a transposed view, no copy)
         out = out.transpose(1, 2).reshape(B, T, C)
         if self.alpha is not None:
             out = out * (F.hardsigmoid(self.alpha(tokens)) * 2.)
@@ -91,7 +94,8 @@ class Former(nn.Module):
         B, T, D = tokens.shape
         q = self.q(tokens).reshape(B, T, self.num_heads, -1).transpose(1, 2)
         kv = tokens.reshape(B, T, self.num_heads, -1).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, kv, kv, scale=self.scale).transpose(1, 2).reshape(B, T, D)
+        attn = torch.matmul(q * self.scale, kv.transpose(-1, -2)).softmax(dim=-1)  # B, N, T, T
+        out = torch.matmul(attn, kv).transpose(1, 2).reshape(B, T, D)
         tokens = self.norm1(tokens + self.drop_path(self.proj(out)))
         return self.norm2(tokens + self.fc2(self.act(self.fc1(tokens))))
 
@@ -118,8 +122,12 @@ class FormerToMobile(nn.Module):
         """Update ``x`` (B, C, H, W) from ``tokens`` (B, T, D)."""
         B, C, H, W = x.shape
         T = tokens.shape[1]
-        q = x.reshape(B, self.num_heads, C // self.num_heads, H * W).transpose(-1, -2)  # B, N, HW, C/N
+        # Scores laid out (B, N, T, HW) rather than (B, N, HW, T): the softmax over T then runs along the long,
+        # contiguous pixel axis (a softmax over a last axis of 3-6 entries is several times slower on CPU), and
+        # the map is used as it lies, with no transposed copies in or out.
+        q = x.reshape(B, self.num_heads, C // self.num_heads, H * W)  # B, N, C/N, HW
         k = self.k(tokens).reshape(B, T, self.num_heads, -1).transpose(1, 2)  # B, N, T, C/N
-        v = self.v(tokens).reshape(B, T, self.num_heads, -1).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # B, N, HW, C/N
-        return x + self.drop_path(out.transpose(-1, -2).reshape(B, C, H, W))
+        v = self.v(tokens).reshape(B, T, self.num_heads, -1).permute(0, 2, 3, 1)  # B, N, C/N, T
+        attn = torch.matmul(k * self.scale, q).softmax(dim=2)  # B, N, T, HW
+        out = torch.matmul(v, attn)  # B, N, C/N, HW
+        return x + self.drop_path(out.reshape(B, C, H, W))

@@ -36,6 +36,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
+from torch.utils.checkpoint import checkpoint
 
 from ..layers.shift import AxialShiftMlp
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
@@ -146,6 +147,7 @@ class UNeXt(nn.Module):
             raise ValueError(f'UNeXt has five encoder levels, got dims={tuple(dims)}')
         self.num_classes = num_classes
         self.in_chans = in_chans
+        self.grad_checkpointing = False
         self.dims = tuple(dims)
         dpr = [drop_path_rate * i / 2 for i in range(3)]  # torch.linspace(0, rate, 3), as the official
         self.enc1 = ConvBnPool(in_chans, dims[0])
@@ -185,8 +187,18 @@ class UNeXt(nn.Module):
             m.reset_parameters()
 
     @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each encoder / decoder level in the backward pass instead of keeping its activations."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
+
+    def _run(self, stage: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return checkpoint(stage, *args, use_reentrant=False)
+        return stage(*args)
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the 1x1 logits conv (``num_classes`` output channels, at least 1)."""
@@ -202,7 +214,7 @@ class UNeXt(nn.Module):
     def _encode(self, x: torch.Tensor, stop: int = 4) -> list[torch.Tensor]:
         maps = []
         for stage in (self.enc1, self.enc2, self.enc3, self.enc4, self.enc5)[:stop + 1]:
-            x = stage(x)
+            x = self._run(stage, x)
             maps.append(x)
         return maps
 
@@ -255,11 +267,11 @@ class UNeXt(nn.Module):
     def forward_head(self, x: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
         """Decode the bottleneck ``x`` with the four encoder ``skips`` (reductions 2, 4, 8, 16) into logits."""
         t1, t2, t3, t4 = skips
-        x = self.dec1(x, t4)
-        x = self.dec2(x, t3)
-        x = self.dec3(x) + t2
-        x = self.dec4(x) + t1
-        return self.head(self.dec5(x))
+        x = self._run(self.dec1, x, t4)
+        x = self._run(self.dec2, x, t3)
+        x = self._run(self.dec3, x) + t2
+        x = self._run(self.dec4, x) + t1
+        return self.head(self._run(self.dec5, x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
