@@ -6,7 +6,7 @@ import pytest
 
 from visionmix.cli import main
 from visionmix.engine.compare import (DEFAULT_STUDY, REPORT_FILES, CompareError, _pareto, compare,
-                                      parse_model_arg)
+                                      parse_model_arg, point_style, scatter_figure)
 from visionmix.registry import list_models
 
 TINY_RECIPE = dict(img_size=16, limit_train=256, batch_size=32, lr=5e-3, warmup_epochs=0, threads=1)
@@ -62,3 +62,41 @@ def test_compare_errors_are_one_line(capsys, tmp_path):
         code = main(argv)
         out = capsys.readouterr().out.strip()
         assert code == 2 and out.startswith('error:') and '\n' not in out, (argv, out)
+
+
+def _plot_rows(n_close: int, n_far: int) -> list[dict]:
+    # close points: within 0.1% in MACs and 0.1 points in top-1, where labels next to the points would collide
+    rows = [dict(label=f'close-model-{i}', gmacs=1e-3 * (1 + 1e-4 * i), top1_mean=90 + 0.01 * i, top1_std=0.2)
+            for i in range(n_close)]
+    rows += [dict(label=f'far-model-{i}', gmacs=1e-2 * (i + 1), top1_mean=80 + i, top1_std=0.0) for i in range(n_far)]
+    return rows + [dict(label='not-profiled', gmacs=None, top1_mean=50.0, top1_std=0.0)]  # no point to plot
+
+
+@pytest.mark.parametrize('n_close, n_far', [(8, 6), (40, 10)])
+def test_pareto_plot_names_every_model_in_a_legend_outside_the_axes(n_close, n_far):
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    rows = _plot_rows(n_close, n_far)
+    fig = scatter_figure(rows, 'gmacs', 'GMACs', higher_x_better=False)
+    try:
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        legend = ax.get_legend()
+        names = [t.get_text() for t in legend.get_texts()]
+        plotted = [r['label'] for r in rows if r['gmacs']]
+        assert sorted(names) == sorted(plotted + ['Pareto front'])  # every plotted model once, by name
+        # each model its own colour + marker, so a legend entry points at one point
+        styles = {(to_hex(c.lines[0].get_color()), c.lines[0].get_marker()) for c in ax.containers}
+        assert len(styles) == len(plotted) == len(ax.containers)
+        # the legend sits beside the axes (covers no point) and inside the figure (not cut off in the PNG)
+        legend_box, ax_box, fig_box = legend.get_window_extent(), ax.get_window_extent(), fig.bbox
+        assert legend_box.x0 >= ax_box.x1 and not legend_box.overlaps(ax_box)
+        assert fig_box.x0 <= legend_box.x0 and legend_box.x1 <= fig_box.x1
+        assert fig_box.y0 <= legend_box.y0 and legend_box.y1 <= fig_box.y1
+    finally:
+        plt.close(fig)
+
+
+def test_point_styles_are_distinct_for_sixty_models():
+    assert len({(point_style(i)['color'], point_style(i)['marker']) for i in range(60)}) == 60

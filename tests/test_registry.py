@@ -118,7 +118,8 @@ def test_one_typo_away_is_always_suggested(name, position):
     assert name in str(info.value)
 
 
-@pytest.mark.parametrize('name', ['hire_mlp_tiny', 'swin_mlp_tiny_c24_patch4_window8_256', 'spach_ms_xxs_patch4_224_conv'])
+@pytest.mark.parametrize('name', ['hire_mlp_tiny', 'swin_mlp_tiny_c24_patch4_window8_256',
+                                  'spach_ms_xxs_patch4_224_conv'])
 def test_native_pretrained_offline_gives_a_clear_error(name):
     with pytest.raises(RuntimeError, match='pretrained_cfg_overlay=dict.file='):
         visionmix.create_model(name, pretrained=True)

@@ -132,8 +132,9 @@ def _overrides(args: argparse.Namespace) -> dict:
     if getattr(args, 'img_size', None) is not None:
         out['img_size'] = args.img_size
     for flag in ('channels_last', 'compile', 'skip_corrupt'):
-        if getattr(args, flag, False):
-            out[flag] = True
+        value = getattr(args, flag, False)
+        if value:
+            out[flag] = value  # True, or for --compile a backend name
     return out
 
 
@@ -149,8 +150,9 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
         cfg = load_config(args.config, _overrides(args))
         model_card(cfg.model)  # unknown names fail before the data is loaded
         result = train(cfg, console=console)
-    console.print(f'{result.run_dir}: top-1 {result.top1:.2f}% after {result.epochs_done} epochs (best '
-                  f'{result.best_top1:.2f}% at epoch {result.best_epoch})', highlight=False)
+    label = {'top1': 'top-1', 'dice': 'Dice'}.get(result.metric, result.metric)
+    console.print(f'{result.run_dir}: {label} {result.score:.2f}% after {result.epochs_done} epochs (best '
+                  f'{result.best_score:.2f}% at epoch {result.best_epoch})', highlight=False)
     return 0
 
 
@@ -164,6 +166,15 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
         return 0
     table = Table(title=f'{res["model"]} on {res["dataset"]} ({res["num_images"]} images)', header_style='bold')
     table.add_column('class')
+    if res.get('task') == 'segmentation':
+        table.add_column('Dice %', justify='right')
+        table.add_column('IoU %', justify='right')
+        for name, m in res['per_class'].items():
+            table.add_row(name, f'{m["dice"]:.2f}', f'{m["iou"]:.2f}')
+        console.print(table)
+        console.print(f'Dice {res["dice"]:.2f}%  IoU {res["iou"]:.2f}%  loss {res["loss"]:.4f}', highlight=False)
+        console.print(f'wrote {", ".join(res["files"])}', highlight=False)
+        return 0
     table.add_column('accuracy %', justify='right')
     for name, acc in res['per_class'].items():
         table.add_row(name, f'{acc:.2f}')
@@ -176,11 +187,15 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
 def cmd_predict(args: argparse.Namespace, console: Console) -> int:
     from .engine.evaluate import predict
 
-    results = predict(args.checkpoint, args.images, topk=args.topk)
+    results = predict(args.checkpoint, args.images, topk=args.topk, output=args.output)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     for r in results:
+        if 'mask' in r:  # a segmentation checkpoint
+            shares = ', '.join(f'{c} {100 * f:.1f}%' for c, f in r['foreground'].items())
+            console.print(f'{r["image"]}: {r["mask"]} ({shares} of pixels)', highlight=False, markup=False)
+            continue
         tops = ', '.join(f'{t["label"]} {100 * t["prob"]:.1f}%' for t in r['top'])
         console.print(f'{r["image"]}: {tops}', highlight=False, markup=False)
     return 0
@@ -246,22 +261,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser('train', help='train one model with the DeiT/SPACH recipe (timm parts), resumable',
                        description='Train a registered model on a local dataset (digits, synthetic, folder:PATH, '
-                                   'cifar10:PATH, cifar100:PATH) with a YAML recipe plus overrides. Writes the run '
-                                   'directory: config.yaml, metrics.csv, curves.png, last/best.safetensors, '
-                                   'checkpoints/ for --resume. Under torchrun it trains with DDP.')
+                                   'cifar10:PATH, cifar100:PATH; segmentation models on synthetic-seg or '
+                                   'segfolder:PATH) with a YAML recipe plus overrides. Writes the run directory: '
+                                   'config.yaml, metrics.csv, curves.png, last/best.safetensors, checkpoints/ for '
+                                   '--resume. Under torchrun it trains with DDP.')
     p.add_argument('--config', metavar='FILE.yaml', help='recipe file (see configs/digits.yaml)')
     p.add_argument('--model', help='registered model name')
-    p.add_argument('--dataset', help='digits | synthetic[:N] | folder:PATH | cifar10:PATH | cifar100:PATH')
+    p.add_argument('--dataset', help='digits | synthetic[:N] | folder:PATH | cifar10:PATH | cifar100:PATH; '
+                                     'segmentation: synthetic-seg[:N] | segfolder:PATH')
     p.add_argument('--epochs', type=int)
     p.add_argument('--batch-size', type=int, help='global batch size')
     p.add_argument('--lr', type=float)
-    p.add_argument('--img-size', type=int)
+    p.add_argument('--img-size', type=int, help='training input side (default 32); too small for the model is an '
+                                                'error that names the smallest side that works')
     p.add_argument('--seed', type=int)
     p.add_argument('--threads', type=int, help='torch threads')
     p.add_argument('--workers', type=int, help='data loader workers (default 0)')
     p.add_argument('--output', help='run directory (default runs/train)')
-    p.add_argument('--channels-last', action='store_true')
-    p.add_argument('--compile', action='store_true', help='train through torch.compile')
+    p.add_argument('--channels-last', action='store_true', help='channels-last memory format')
+    p.add_argument('--compile', nargs='?', const=True, default=False, metavar='BACKEND',
+                   help="train through torch.compile; optionally name the backend (default inductor; e.g. "
+                        "'aot_eager' compiles fast)")
     p.add_argument('--skip-corrupt', action='store_true', help='skip (and count) unreadable images')
     p.add_argument('--set', action='append', metavar='KEY=VALUE',
                    help='override any recipe key, value in YAML (e.g. --set "model_kwargs={embed_dim: 16}")')
@@ -270,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser('eval', help='evaluate a trained checkpoint: top-1/top-5, per-class, confusion matrix',
                        description='Evaluate a visionmix train checkpoint (a run directory or .safetensors) on the '
-                                   'val split; writes eval.json and confusion.png.')
+                                   'val split; writes eval.json and confusion.png (segmentation: Dice and IoU in '
+                                   'eval.json).')
     p.add_argument('checkpoint', help='run directory (uses best.safetensors) or a .safetensors file')
     p.add_argument('--dataset', help="dataset spec (default: the one it was trained on)")
     p.add_argument('--output', help='directory for eval.json and confusion.png (default: next to the checkpoint)')
@@ -279,13 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--json', action='store_true', help='print the results as JSON')
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser('predict', help='top-k classes of images with a trained checkpoint',
+    p = sub.add_parser('predict', help='top-k classes (or masks) of images with a trained checkpoint',
                        description="Classify image files with a visionmix train checkpoint: top-k classes and "
                                    "probabilities, class names from the checkpoint, preprocessing from the model's "
-                                   "pretrained_cfg.")
+                                   "pretrained_cfg. A segmentation checkpoint writes <stem>_mask.png per image to "
+                                   "--output.")
     p.add_argument('images', nargs='+', metavar='IMAGE')
     p.add_argument('--checkpoint', required=True, help='run directory or .safetensors file')
     p.add_argument('--topk', type=int, default=5)
+    p.add_argument('--output', default='predictions',
+                   help='directory for the mask PNGs of a segmentation checkpoint (default predictions)')
     p.add_argument('--json', action='store_true', help='print the results as JSON')
     p.set_defaults(func=cmd_predict)
 

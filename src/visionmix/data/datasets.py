@@ -1,7 +1,9 @@
 """Dataset specs -> (train, val) datasets of PIL images; transforms are applied by the caller's ``transform``."""
 from __future__ import annotations
 
+import codecs
 import functools
+import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,9 +14,12 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 __all__ = ['DATASET_SPECS', 'DataError', 'DatasetInfo', 'ImageListDataset', 'build_datasets', 'check_images',
+           'dataset_task',
            'parse_spec']
 
-DATASET_SPECS = ('digits', 'synthetic[:N]', 'folder:PATH', 'cifar10:PATH', 'cifar100:PATH')
+DATASET_SPECS = ('digits', 'synthetic[:N]', 'folder:PATH', 'cifar10:PATH', 'cifar100:PATH', 'synthetic-seg[:N]',
+                 'segfolder:PATH')
+SEGMENTATION_KINDS = ('synthetic-seg', 'segfolder')
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 DIGITS_VAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
@@ -34,6 +39,7 @@ class DatasetInfo:
     num_val: int
     skipped: list[str] = field(default_factory=list)
     description: str = ''
+    task: str = 'classification'  # or 'segmentation': classes are then the output maps
 
     @property
     def num_classes(self) -> int:
@@ -76,9 +82,9 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     kind = kind.lower()
     if kind == 'digits' and not arg:
         return kind, None
-    if kind == 'synthetic':
+    if kind in ('synthetic', 'synthetic-seg'):
         return kind, arg or None
-    if kind in ('folder', 'cifar10', 'cifar100'):
+    if kind in ('folder', 'cifar10', 'cifar100', 'segfolder'):
         if not arg:
             raise DataError(f'dataset {spec!r} needs a path: {kind}:PATH')
         return kind, arg
@@ -162,35 +168,146 @@ def _folder(path: str, skip_corrupt: bool) -> tuple[ImageListDataset, ImageListD
     return splits[0], splits[1], info
 
 
-def _cifar(kind: str, path: str) -> tuple[ImageListDataset, ImageListDataset, DatasetInfo]:
-    from torchvision.datasets import CIFAR10, CIFAR100
+@dataclass(frozen=True)
+class _CifarLayout:
+    folder: str
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    meta: str
+    names_key: str
+    labels_key: str
 
-    cls = CIFAR10 if kind == 'cifar10' else CIFAR100
-    root = Path(path).expanduser()
-    if (root / cls.base_folder).is_dir():
-        parent = root
-    elif root.name == cls.base_folder and root.is_dir():
-        parent = root.parent
-    else:
-        raise DataError(f'{kind}: no {cls.base_folder}/ folder at {root} (visionmix never downloads; extract the '
-                        f'python version of the dataset there)')
+
+CIFAR_LAYOUTS = {
+    'cifar10': _CifarLayout('cifar-10-batches-py', tuple(f'data_batch_{i}' for i in range(1, 6)), ('test_batch',),
+                            'batches.meta', 'label_names', 'labels'),
+    'cifar100': _CifarLayout('cifar-100-python', ('train',), ('test',), 'meta', 'fine_label_names', 'fine_labels'),
+}
+CIFAR_ROW = 3 * 32 * 32  # one image: 1024 R, then 1024 G, then 1024 B values, each plane row-major
+
+
+@functools.cache
+def _cifar_pickle_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a CIFAR batch may name: what NumPy's pickles use to rebuild arrays and scalars."""
     try:
-        train, val = cls(str(parent), train=True, download=False), cls(str(parent), train=False, download=False)
-    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
-        raise DataError(f'{kind} at {parent / cls.base_folder}: {e}') from None
-    splits = [ImageListDataset(np.ascontiguousarray(d.data), d.targets, d.classes) for d in (train, val)]
-    info = DatasetInfo(f'{kind}:{path}', list(train.classes), len(splits[0]), len(splits[1]),
-                       description=f'{kind.upper()} python batches at {parent / cls.base_folder}')
+        from numpy._core import multiarray
+    except ImportError:  # NumPy < 2
+        from numpy.core import multiarray
+    allowed: dict[tuple[str, str], Any] = {('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype,
+                                           ('_codecs', 'encode'): codecs.encode}  # protocol 2 stores bytes this way
+    for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):  # written by NumPy 1.x / 2.x
+        allowed[module, '_reconstruct'] = multiarray._reconstruct
+        allowed[module, 'scalar'] = multiarray.scalar
+    return allowed
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR python batch without ever calling code the file names: any global outside NumPy's array
+    reconstruction (e.g. ``os.system`` in a crafted file) raises :class:`DataError` before it is looked up."""
+
+    def __init__(self, file: Any, source: Path) -> None:
+        super().__init__(file, encoding='latin1')  # the batches come from Python 2; latin1 keeps their bytes intact
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _cifar_pickle_globals().get((module, name))
+        if allowed is None:
+            raise DataError(f'{self.source}: refused to unpickle {module}.{name}; a CIFAR batch holds only NumPy '
+                            f'arrays and lists (the file is not one, or was crafted to run code)')
+        return allowed
+
+
+def _read_cifar_pickle(path: Path) -> dict[str, Any]:
+    """One batch file as a dict with str keys (Python 2 wrote str keys, re-pickled copies often have bytes)."""
+    try:
+        with open(path, 'rb') as f:
+            obj = _CifarUnpickler(f, path).load()
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f'missing CIFAR file {path}') from None
+    except OSError as e:
+        raise DataError(f'cannot read {path}: {e.strerror or e}') from None
+    except Exception as e:  # noqa: BLE001 - corrupt pickles raise UnpicklingError, EOFError, ValueError, ...
+        msg = (str(e).splitlines() or [''])[0]
+        raise DataError(f'{path} is not a readable CIFAR python batch ({type(e).__name__}: {msg})') from None
+    if not isinstance(obj, dict) or not all(isinstance(k, (str, bytes)) for k in obj):
+        raise DataError(f'{path} is not a CIFAR python batch (expected a dict with string keys, got '
+                        f'{type(obj).__name__})')
+    return {k.decode('latin1') if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _cifar_names(path: Path, key: str) -> list[str]:
+    names = _read_cifar_pickle(path).get(key)
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, (str, bytes)) for n in names):
+        raise DataError(f"{path}: '{key}' must be a non-empty list of class names")
+    return [n.decode('utf-8', 'replace') if isinstance(n, bytes) else n for n in names]
+
+
+def _cifar_split(folder: Path, files: Sequence[str], labels_key: str,
+                 num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 32, 32, 3) uint8 and labels of the batch files, checked."""
+    images, targets = [], []
+    for name in files:
+        path = folder / name
+        batch = _read_cifar_pickle(path)
+        data, labels = batch.get('data'), batch.get(labels_key)
+        if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+                and data.shape[1] == CIFAR_ROW):
+            got = f'{data.dtype} array of shape {data.shape}' if isinstance(data, np.ndarray) else type(data).__name__
+            raise DataError(f"{path}: 'data' must be an N x {CIFAR_ROW} uint8 array, got {got}")
+        labels = np.asarray(labels) if isinstance(labels, (list, tuple, np.ndarray)) else None
+        if labels is None or labels.shape != (len(data),) or not (labels.size == 0 or labels.dtype.kind in 'iu'):
+            raise DataError(f"{path}: '{labels_key}' must be {len(data)} integer labels (one per row of 'data')")
+        bad = labels[(labels < 0) | (labels >= num_classes)]
+        if bad.size:
+            raise DataError(f"{path}: label {bad[0]} in '{labels_key}' is outside 0..{num_classes - 1}")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # planes -> HWC
+        targets.append(labels.astype(np.int64))
+    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(targets)
+
+
+def _cifar(kind: str, path: str) -> tuple[ImageListDataset, ImageListDataset, DatasetInfo]:
+    """The python version of CIFAR-10 / -100, read with :class:`_CifarUnpickler` (never plain ``pickle.load``).
+
+    Checksums are not verified: a wrong file fails the unpickler's allow-list or the shape and label checks.
+    """
+    layout = CIFAR_LAYOUTS[kind]
+    root = Path(path).expanduser()
+    if (root / layout.folder).is_dir():
+        folder = root / layout.folder
+    elif root.name == layout.folder and root.is_dir():
+        folder = root
+    else:
+        raise DataError(f'{kind}: no {layout.folder}/ folder at {root} (visionmix never downloads; extract the '
+                        f'python version of the dataset there)')
+    missing = [n for n in (*layout.train, *layout.val, layout.meta) if not (folder / n).is_file()]
+    if missing:
+        raise DataError(f'{kind}: missing {", ".join(missing)} in {folder}')
+    classes = _cifar_names(folder / layout.meta, layout.names_key)
+    splits = [ImageListDataset(*_cifar_split(folder, files, layout.labels_key, len(classes)), classes)
+              for files in (layout.train, layout.val)]
+    info = DatasetInfo(f'{kind}:{path}', classes, len(splits[0]), len(splits[1]),
+                       description=f'{kind.upper()} python batches at {folder}')
     return splits[0], splits[1], info
 
 
+def dataset_task(spec: str) -> str:
+    """``'segmentation'`` for the mask datasets (synthetic-seg, segfolder), else ``'classification'``."""
+    return 'segmentation' if parse_spec(spec)[0] in SEGMENTATION_KINDS else 'classification'
+
+
 def build_datasets(spec: str, img_size: int = 32, skip_corrupt: bool = False, limit: int | None = None,
-                   ) -> tuple[ImageListDataset, ImageListDataset, DatasetInfo]:
+                   ) -> tuple[Any, Any, DatasetInfo]:
     """Build (train, val, info) for a dataset spec; set ``.transform`` on the returned datasets.
+
+    Classification specs give :class:`ImageListDataset` splits; ``synthetic-seg`` and ``segfolder`` give
+    :class:`~visionmix.data.segmentation.SegmentationDataset` splits (``info.task == 'segmentation'``).
 
     Args:
         spec: See :data:`DATASET_SPECS`.
-        img_size: Side of the embedded datasets' images (digits, synthetic); other datasets keep their size.
+        img_size: Side of the embedded datasets' images (digits, synthetic, synthetic-seg); other datasets keep
+            their size.
         skip_corrupt: Skip unreadable images (counted in ``info.skipped``) instead of raising.
         limit: Keep at most this many training images (the first ones of a fixed shuffle), for quick runs.
     """
@@ -210,13 +327,26 @@ def build_datasets(spec: str, img_size: int = 32, skip_corrupt: bool = False, li
         except ValueError:
             raise DataError(f'synthetic:N needs an integer N, got {arg!r}') from None
         train, val, info = build_synthetic(img_size=img_size, num_train=n)
+    elif kind == 'synthetic-seg':
+        from .segmentation import build_synthetic_seg
+
+        if arg is not None and not (arg.isdigit() and int(arg) > 0):
+            raise DataError(f'synthetic-seg:N needs a positive integer N, got {arg!r}')
+        train, val, info = build_synthetic_seg(img_size=img_size, num_train=int(arg) if arg else None)
+    elif kind == 'segfolder':
+        from .segmentation import build_segfolder
+
+        train, val, info = build_segfolder(arg, skip_corrupt)
     elif kind == 'folder':
         train, val, info = _folder(arg, skip_corrupt)
     else:
         train, val, info = _cifar(kind, arg)
     if limit is not None and limit < len(train):
         order = np.random.default_rng(0).permutation(len(train))[:limit]
-        images = train.images[order] if isinstance(train.images, np.ndarray) else [train.images[i] for i in order]
-        train = ImageListDataset(images, [train.targets[i] for i in order], train.classes)
+        if hasattr(train, 'subset'):  # a SegmentationDataset
+            train = train.subset(order)
+        else:
+            images = train.images[order] if isinstance(train.images, np.ndarray) else [train.images[i] for i in order]
+            train = ImageListDataset(images, [train.targets[i] for i in order], train.classes)
         info.num_train = len(train)
     return train, val, info

@@ -15,11 +15,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 from ..registry import list_models
 from .config import ConfigError, TrainConfig, load_config, read_yaml
@@ -150,6 +153,12 @@ def compare(
     labels = [e.label for e in entries]
     if len(set(labels)) != len(labels):
         raise CompareError(f'duplicate model labels {sorted({x for x in labels if labels.count(x) > 1})}')
+    from ..registry import model_card
+
+    segmentation = [e.model for e in entries if model_card(e.model).family == 'segmentation']
+    if segmentation:  # the report ranks top-1; a segmentation run reports Dice / IoU
+        raise CompareError(f'compare ranks classifiers by top-1; train segmentation models ({", ".join(segmentation)}) '
+                           f'with visionmix train, which reports Dice and IoU')
     base = dict(DEFAULT_RECIPE)
     if config is not None:
         file_data = read_yaml(config)
@@ -242,7 +251,8 @@ def results_table(rows: list[dict[str, Any]]) -> Table:
         table.add_column(col, justify='left' if col in ('model', 'spatial') else 'right')
     for r in rows:
         table.add_row(r['label'], r['spatial'], _f(r['params'] and r['params'] / 1e3, '.1f') + 'k',
-                      _f(r['gmacs'] and r['gmacs'] * 1e3, '.2f'), _f(r['infer_img_s'], '.0f'), _f(r['train_img_s'], '.0f'),
+                      _f(r['gmacs'] and r['gmacs'] * 1e3, '.2f'), _f(r['infer_img_s'], '.0f'),
+                      _f(r['train_img_s'], '.0f'),
                       f'{r["top1_mean"]:.2f} +- {r["top1_std"]:.2f}', f'{r["train_seconds"]:.0f}')
     return table
 
@@ -259,28 +269,56 @@ def _pareto(points: list[tuple[float, float]], higher_x_better: bool) -> list[in
     return sorted(front, key=lambda i: points[i][0])
 
 
-def _scatter(rows: list[dict[str, Any]], key: str, xlabel: str, path: Path, higher_x_better: bool,
-             log: bool = True) -> Path | None:
+MARKERS = 'osD^vP*Xph<>'  # 12 markers against 10 colours: (colour, marker) pairs repeat only after 60 models
+LEGEND_ROWS = 22  # entries per legend column before another column starts
+
+
+def point_style(index: int) -> dict[str, Any]:
+    """Colour and marker of the index-th model; neighbours differ in both."""
+    import matplotlib
+
+    return dict(color=matplotlib.colormaps['tab10'](index % 10), marker=MARKERS[index % len(MARKERS)])
+
+
+def scatter_figure(rows: list[dict[str, Any]], key: str, xlabel: str, higher_x_better: bool,
+                   log: bool = True) -> Figure:
+    """Top-1 (mean +- std over seeds) against ``row[key]``, one colour / marker per model and the Pareto front.
+
+    Names go in a legend outside the axes rather than next to the points, so close points never hide each other's
+    labels, whatever the number of models.
+    """
     import matplotlib
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    pts = [(r[key], r['top1_mean'], r['top1_std'], r['label']) for r in rows if r.get(key)]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    # styles follow the row index, so a model looks the same in both Pareto plots and the curves
+    pts = [(r[key], r['top1_mean'], r['top1_std'], r['label'], i) for i, r in enumerate(rows) if r.get(key)]
+    ncol = max(1, -(-len(pts) // LEGEND_ROWS))
+    fig, ax = plt.subplots(figsize=(6.5 + 2.2 * ncol, 4.5), layout='constrained')
     if pts:
-        for x, y, err, label in pts:
-            ax.errorbar([x], [y], yerr=[err], fmt='o', capsize=3)
-            ax.annotate(label, (x, y), textcoords='offset points', xytext=(4, 4), fontsize=8)
+        for x, y, err, label, i in pts:
+            ax.errorbar([x], [y], yerr=[err], fmt=point_style(i)['marker'], color=point_style(i)['color'],
+                        markersize=7, markeredgecolor='black', markeredgewidth=0.5, capsize=3, label=label,
+                        alpha=0.85)  # see-through: identical points stay visible as a darker overlap
         front = _pareto([(p[0], p[1]) for p in pts], higher_x_better)
-        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], '--', color='gray', label='Pareto front')
-        ax.legend(loc='lower right')
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], '--', color='gray', zorder=0,
+                label='Pareto front')
+        ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, ncol=ncol,
+                  title='model', title_fontsize=8)
         if log:
             ax.set_xscale('log')
     ax.set_xlabel(xlabel)
     ax.set_ylabel('top-1 (%)')
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    return fig
+
+
+def _scatter(rows: list[dict[str, Any]], key: str, xlabel: str, path: Path, higher_x_better: bool,
+             log: bool = True) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    fig = scatter_figure(rows, key, xlabel, higher_x_better, log)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -292,15 +330,18 @@ def _curves(rows: list[dict[str, Any]], path: Path) -> Path:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for r in rows:
+    ncol = max(1, -(-len(rows) // LEGEND_ROWS))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11 + 2.2 * ncol, 4), layout='constrained')
+    for i, r in enumerate(rows):
         h = r['history']
-        ax1.plot([e['epoch'] for e in h], [e['train_loss'] for e in h], label=r['label'])
-        ax2.plot([e['epoch'] for e in h], [e['val_top1'] for e in h], label=r['label'])
+        style = dict(point_style(i), markersize=3, label=r['label'])
+        ax1.plot([e['epoch'] for e in h], [e['train_loss'] for e in h], **style)
+        ax2.plot([e['epoch'] for e in h], [e['val_top1'] for e in h], **style)
     ax1.set(xlabel='epoch', ylabel='train loss')
     ax2.set(xlabel='epoch', ylabel='val top-1 (%)')
-    ax2.legend(fontsize=7)
-    fig.tight_layout()
+    ax1.xaxis.get_major_locator().set_params(integer=True)
+    ax2.xaxis.get_major_locator().set_params(integer=True)
+    ax2.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=7, ncol=ncol)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -330,7 +371,8 @@ def write_report(results: dict[str, Any], out: Path) -> list[Path]:
         '|---|---|---:|---:|---:|---:|---:|---:|',
     ]
     for r in rows:
-        lines.append(f'| {r["label"]} | {r["spatial"]} | {_f(r["params"], ",")} | {_f(r["gmacs"] and r["gmacs"] * 1e3, ".2f")} | '
+        lines.append(f'| {r["label"]} | {r["spatial"]} | {_f(r["params"], ",")} | '
+                     f'{_f(r["gmacs"] and r["gmacs"] * 1e3, ".2f")} | '
                      f'{_f(r["infer_img_s"], ".0f")} | {_f(r["train_img_s"], ".0f")} | '
                      f'{r["top1_mean"]:.2f} +- {r["top1_std"]:.2f} | {r["train_seconds"]:.0f} |')
     lines += ['', f'Time: {results["elapsed_seconds"]:.0f} s in the last invocation (runs finished earlier are '

@@ -64,7 +64,7 @@ class TrainConfig:
     threads: int | None = None
     workers: int = 0
     channels_last: bool = False
-    compile: bool = False
+    compile: bool | str = False  # True: torch.compile's default backend (inductor); or a backend name
     amp: bool = False
     output: str = 'runs/train'
     save_best: bool = True
@@ -106,6 +106,12 @@ class TrainConfig:
             setattr(self, name, tuple(float(x) for x in v))
         need(self.sched in ('cosine', 'step', 'multistep', 'plateau', 'tanh', 'poly', 'none'),
              f'unknown sched {self.sched!r}')
+        need(isinstance(self.compile, (bool, str)),
+             f'compile must be true, false or a torch.compile backend name, got {self.compile!r}')
+        if isinstance(self.compile, str):
+            backends = compile_backends()
+            need(self.compile in backends,
+                 f'unknown compile backend {self.compile!r}; torch.compile knows {", ".join(backends)}')
         from ..data import parse_spec
 
         parse_spec(self.dataset)
@@ -115,6 +121,13 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d['scale'], d['ratio'] = list(self.scale), list(self.ratio)
         return d
+
+
+def compile_backends() -> list[str]:
+    """Backend names ``torch.compile(backend=...)`` accepts here, debug ones included ('eager', 'aot_eager')."""
+    import torch._dynamo  # slow to import: only when a backend is named
+
+    return [b for b in torch._dynamo.list_backends(exclude_tags=()) if 'TESTING_ONLY' not in b]
 
 
 _FIELDS = {f.name for f in fields(TrainConfig)}

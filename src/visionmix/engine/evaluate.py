@@ -1,4 +1,8 @@
-"""``visionmix eval`` and ``visionmix predict``: load a trained checkpoint by its metadata and use it."""
+"""``visionmix eval`` and ``visionmix predict``: load a trained checkpoint by its metadata and use it.
+
+Classification checkpoints give top-1 / top-5, per-class accuracy and a confusion matrix (eval) and top-k classes
+(predict); segmentation checkpoints give Dice / IoU (eval) and mask PNGs (predict).
+"""
 from __future__ import annotations
 
 import json
@@ -6,14 +10,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..data import DataError, build_datasets
-from .metrics import evaluate
-from .train import build_model
+from .metrics import THRESHOLD, evaluate, seg_predict
+from .tasks import get_task, model_task, segmentation_transforms
+from .train import build_model, resolve_task
 
 __all__ = ['EvalError', 'load_trained', 'run_eval', 'predict', 'plot_confusion']
 
@@ -59,7 +66,8 @@ def load_trained(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     info = dict(model=meta['model'], model_kwargs=json.loads(meta['model_kwargs']),
                 classes=json.loads(meta['classes']), img_size=int(meta['img_size']), mean=json.loads(meta['mean']),
                 std=json.loads(meta['std']), interpolation=meta['interpolation'], epoch=int(meta['epoch']),
-                dataset=meta['dataset'], checkpoint=str(path), weights=meta.get('weights', 'model'))
+                dataset=meta['dataset'], checkpoint=str(path), weights=meta.get('weights', 'model'),
+                task=model_task(meta['model']))
     model = build_model(info['model'], len(info['classes']), info['img_size'], info['model_kwargs'])
     try:
         load_checkpoint(model, path, strict=True, filter_fn=lambda sd, m: sd)
@@ -108,13 +116,17 @@ def plot_confusion(confusion: list[list[int]], classes: Sequence[str], path: Pat
 def run_eval(checkpoint: str | Path, dataset: str | None = None, output: str | Path | None = None,
              batch_size: int = 128, skip_corrupt: bool = False) -> dict[str, Any]:
     """Top-1 / top-5, per-class accuracy and the confusion matrix on the val split; writes ``eval.json`` and
-    ``confusion.png`` to ``output`` (default: next to the checkpoint)."""
+    ``confusion.png`` to ``output`` (default: next to the checkpoint). A segmentation checkpoint gives Dice and IoU
+    (overall and per class) in ``eval.json``."""
     model, info = load_trained(checkpoint)
     spec = dataset or info['dataset']
+    task = resolve_task(info['model'], spec)
     _, val_ds, data_info = build_datasets(spec, img_size=info['img_size'], skip_corrupt=skip_corrupt)
     if data_info.classes != info['classes']:
         raise DataError(f'dataset {spec!r} has classes {data_info.classes[:10]}, the checkpoint was trained on '
                         f'{info["classes"][:10]}')
+    if task.name == 'segmentation':
+        return _run_eval_segmentation(model, info, val_ds, spec, output, batch_size)
     val_ds.transform = _eval_transform(model)
     metrics = evaluate(model, DataLoader(val_ds, batch_size=batch_size), len(info['classes']), full=True)
     out_dir = Path(output) if output else Path(info['checkpoint']).parent
@@ -131,14 +143,92 @@ def run_eval(checkpoint: str | Path, dataset: str | None = None, output: str | P
     return result
 
 
+def _foreground_classes(classes: list[str]) -> list[str]:
+    return classes if len(classes) == 1 else classes[1:]  # K > 1: class 0 is the background
+
+
+def _run_eval_segmentation(model: nn.Module, info: dict[str, Any], val_ds: Any, spec: str,
+                           output: str | Path | None, batch_size: int) -> dict[str, Any]:
+    _, val_ds.transform = segmentation_transforms(info['img_size'], info['mean'], info['std'], info['interpolation'])
+    classes = info['classes']
+    metrics = get_task('segmentation').evaluate(model, DataLoader(val_ds, batch_size=batch_size), len(classes),
+                                                full=True)
+    out_dir = Path(output) if output else Path(info['checkpoint']).parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_class = {c: dict(dice=d, iou=i) for c, d, i in zip(_foreground_classes(classes), metrics['per_class_dice'],
+                                                           metrics['per_class_iou'])}
+    result = dict(checkpoint=info['checkpoint'], model=info['model'], model_kwargs=info['model_kwargs'], dataset=spec,
+                  split='val', task='segmentation', img_size=info['img_size'], num_images=metrics['num_images'],
+                  dice=metrics['dice'], iou=metrics['iou'], loss=metrics['loss'],
+                  threshold=THRESHOLD if len(classes) == 1 else None, per_class=per_class, classes=classes)
+    (out_dir / 'eval.json').write_text(json.dumps(result, indent=2))
+    result['files'] = [str(out_dir / 'eval.json')]
+    return result
+
+
+def _mask_image(pred: np.ndarray, num_classes: int) -> Any:
+    """Binary: an L-mode PNG, 255 = foreground. K classes: a palette PNG whose pixel values are the class indices."""
+    from PIL import Image
+
+    if num_classes == 1:
+        return Image.fromarray((pred * 255).astype(np.uint8), 'L')
+    import matplotlib
+
+    img = Image.fromarray(pred.astype(np.uint8), 'P')
+    colors = [(0, 0, 0)] + [tuple(int(255 * v) for v in matplotlib.colormaps['tab10'](i % 10)[:3])
+                            for i in range(num_classes - 1)]
+    img.putpalette([v for c in colors for v in c])
+    return img
+
+
+def _predict_masks(model: nn.Module, info: dict[str, Any], images: Sequence[str | Path],
+                   output: str | Path) -> list[dict[str, Any]]:
+    from PIL import Image, UnidentifiedImageError
+
+    _, transform = segmentation_transforms(info['img_size'], info['mean'], info['std'], info['interpolation'])
+    out_dir = Path(output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    classes = info['classes']
+    results, used = [], set()
+    for path in images:
+        try:
+            with Image.open(path) as img:
+                rgb = img.convert('RGB')
+        except FileNotFoundError:
+            raise EvalError(f'image {path} does not exist') from None
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise EvalError(f'cannot read image {path}: {e}') from None
+        x = transform.image(rgb).unsqueeze(0)
+        # logits back to the image's own size, then threshold / argmax: a mask aligned with the input file
+        logits = F.interpolate(model(x).float(), size=(rgb.height, rgb.width), mode='bilinear', align_corners=False)
+        pred = seg_predict(logits)[0].numpy()
+        name = f'{Path(path).stem}_mask.png'
+        if name in used:  # two inputs with one stem (other folders): keep both
+            name = f'{Path(path).stem}_{len(used)}_mask.png'
+        used.add(name)
+        _mask_image(pred, len(classes)).save(out_dir / name)
+        fractions = {c: float((pred == i + 1).mean()) for i, c in enumerate(_foreground_classes(classes))}
+        results.append(dict(image=str(path), mask=str(out_dir / name), size=[rgb.width, rgb.height],
+                            foreground=fractions))
+    return results
+
+
 @torch.no_grad()
-def predict(checkpoint: str | Path, images: Sequence[str | Path], topk: int = 5) -> list[dict[str, Any]]:
-    """Top-k classes with probabilities for each image file, using the checkpoint's classes and preprocessing."""
+def predict(checkpoint: str | Path, images: Sequence[str | Path], topk: int = 5,
+            output: str | Path = 'predictions') -> list[dict[str, Any]]:
+    """Top-k classes with probabilities for each image file, using the checkpoint's classes and preprocessing.
+
+    For a segmentation checkpoint: writes ``<stem>_mask.png`` per image to ``output`` (at the image's size; binary
+    masks 0/255, several classes as a palette PNG of class indices) and returns each mask's path and the fraction of
+    pixels per foreground class.
+    """
     from PIL import Image, UnidentifiedImageError
 
     if topk < 1:
         raise EvalError(f'--topk must be >= 1, got {topk}')
     model, info = load_trained(checkpoint)
+    if info['task'] == 'segmentation':
+        return _predict_masks(model, info, images, output)
     transform = _eval_transform(model)
     k = min(topk, len(info['classes']))
     results = []

@@ -9,6 +9,8 @@ Checkpoints (in the run directory):
   weights after epoch N, ``state.pt`` (``torch.load(weights_only=True)``) the optimizer, scheduler, RNG states,
   history and the name of the weight files. ``state.pt`` is replaced atomically *after* its weight files are on
   disk, so it is the commit point: a kill at any moment leaves a consistent checkpoint of the last finished epoch.
+* ``tensorboard/`` (when tensorboard is installed): the ``metrics.csv`` columns per epoch, ``train_*`` / ``val_*``
+  as ``train/*`` / ``val/*``.
 
 Exact resume: every epoch starts by seeding Python, NumPy and torch from ``(seed, epoch)`` and shuffles with a
 generator seeded the same way, so epoch N does the same work whether or not the process was restarted before it;
@@ -23,6 +25,7 @@ import os
 import random
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +41,13 @@ from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from ..checkpoint import save_checkpoint
-from ..data import build_datasets
-from ..registry import create_model
+from ..data import build_datasets, dataset_task
+from ..registry import create_model, model_card
 from .config import ConfigError, TrainConfig, environment_info, load_config
-from .metrics import evaluate
+from .tasks import Task, build_transforms, get_task, model_task
 
-__all__ = ['TrainError', 'train', 'build_model', 'build_transforms', 'RunResult', 'CHECKPOINT_DIR']
+__all__ = ['TrainError', 'train', 'build_model', 'build_transforms', 'RunResult', 'CHECKPOINT_DIR', 'resolve_task',
+           'build_for_input', 'input_error', 'smallest_input_size']
 
 CHECKPOINT_DIR = 'checkpoints'
 STATE_FILE = 'state.pt'
@@ -58,21 +62,37 @@ class TrainError(ValueError):
 
 @dataclass
 class RunResult:
-    """What a finished (or stopped) run produced."""
+    """What a finished (or stopped) run produced.
+
+    ``score`` / ``best_score`` are the last and best value of the task's main validation metric ``metric``:
+    ``'top1'`` (%) for classification, ``'dice'`` (%) for segmentation. ``top1`` / ``best_top1`` (and ``dice`` /
+    ``best_dice``) name them for the task that has them.
+    """
 
     run_dir: Path
     epochs_done: int
     history: list[dict[str, Any]]
-    top1: float
-    best_top1: float
+    score: float
+    best_score: float
     best_epoch: int
     train_seconds: float
     finished: bool
+    metric: str = 'top1'
+
+    def _named(self, metric: str, value: float) -> float:
+        if metric != self.metric:
+            raise AttributeError(f'a {self.metric} run has no {metric}; use .score ({self.metric})')
+        return value
+
+    top1 = property(lambda self: self._named('top1', self.score))
+    best_top1 = property(lambda self: self._named('top1', self.best_score))
+    dice = property(lambda self: self._named('dice', self.score))
+    best_dice = property(lambda self: self._named('dice', self.best_score))
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(run_dir=str(self.run_dir), epochs_done=self.epochs_done, top1=self.top1,
-                    best_top1=self.best_top1, best_epoch=self.best_epoch, train_seconds=self.train_seconds,
-                    finished=self.finished, history=self.history)
+        return {'run_dir': str(self.run_dir), 'epochs_done': self.epochs_done, 'metric': self.metric,
+                self.metric: self.score, f'best_{self.metric}': self.best_score, 'best_epoch': self.best_epoch,
+                'train_seconds': self.train_seconds, 'finished': self.finished, 'history': self.history}
 
 
 # ---------------------------------------------------------------------------------------------------- building
@@ -104,26 +124,106 @@ def data_config(model: nn.Module, img_size: int, interpolation: str = 'bicubic')
                 interpolation=interpolation, crop_pct=1.0)
 
 
-def build_transforms(cfg: TrainConfig, dcfg: dict[str, Any]) -> tuple[Callable, Callable]:
-    from timm.data import create_transform
-
-    train_tf = create_transform(
-        dcfg['input_size'], is_training=True, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, vflip=0.,
-        auto_augment=cfg.auto_augment or None, interpolation=cfg.interpolation, mean=dcfg['mean'], std=dcfg['std'],
-        re_prob=cfg.reprob, re_mode='pixel', re_count=1)
-    eval_tf = create_transform(dcfg['input_size'], is_training=False, interpolation=cfg.interpolation,
-                               mean=dcfg['mean'], std=dcfg['std'], crop_pct=1.0)
-    return train_tf, eval_tf
+def resolve_task(model_name: str, dataset: str) -> Task:
+    """The model card's task; a dataset of the other kind (a classifier on masks or the reverse) is a TrainError."""
+    task, data = model_task(model_name), dataset_task(dataset)
+    if task != data:
+        hint = ('a segmentation dataset (synthetic-seg[:N], segfolder:PATH)' if task == 'segmentation'
+                else 'a classification dataset (digits, synthetic[:N], folder:PATH, cifar10:PATH, cifar100:PATH)')
+        raise TrainError(f'{model_name} is a {task} model but {dataset!r} is a {data} dataset; give it {hint}')
+    return get_task(task)
 
 
-def weights_metadata(cfg: TrainConfig, classes: list[str], dcfg: dict[str, Any], epoch: int, top1: float,
-                     ema: bool) -> dict[str, str]:
+def _first_line(e: BaseException) -> str:
+    return f'{type(e).__name__}: {(str(e).strip().splitlines() or [""])[0]}'
+
+
+def input_error(model: nn.Module, img_size: int, expected: tuple[int, ...] | None = None) -> str | None:
+    """None if ``model`` (eval mode, no grad) maps one zeros image of ``img_size`` to the ``expected`` shape; else
+    what went wrong, in one line. Leaves the model's mode and every RNG as they were."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            device = next(model.parameters(), torch.empty(0)).device
+            out = model(torch.zeros(1, 3, img_size, img_size, device=device))
+    except Exception as e:  # noqa: BLE001 - layers fail on a too-small input with many error types
+        return _first_line(e)
+    finally:
+        model.train(was_training)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if expected is not None and shape != expected:
+        return f'it returns {shape} for one image, expected {expected}'
+    return None
+
+
+def smallest_input_size(build: Callable[[int], nn.Module], start: int, limit: int,
+                        expected: Callable[[int], tuple[int, ...]] | None = None) -> int | None:
+    """Smallest side in ``[start, limit]`` that the model ``build(side)`` can be built for and runs on (giving the
+    ``expected(side)`` output shape, when given), or None.
+
+    Doubles from ``start`` to the first side that works, then bisects: exact when bigger inputs never fail once a
+    side works, which holds for every registered model (tests/test_trainable.py trains each at the side found).
+    """
+    def works(side: int) -> bool:
+        # building draws init weights: keep the run's RNG untouched; probes at sizes that fail may warn, say nothing
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            try:
+                model = build(side)
+            except Exception:  # noqa: BLE001 - e.g. a token-mixing MLP built for zero tokens
+                return False
+            return input_error(model, side, expected(side) if expected else None) is None
+
+    if works(start):
+        return start
+    bad, good = start, None
+    while good is None:
+        if bad >= limit:
+            return None
+        side = min(2 * bad, limit)
+        if works(side):
+            good = side
+        else:
+            bad = side
+    while good - bad > 1:
+        mid = (bad + good) // 2
+        bad, good = (bad, mid) if works(mid) else (mid, good)
+    return good
+
+
+def build_for_input(name: str, img_size: int, build: Callable[[int], nn.Module],
+                    expected: Callable[[int], tuple[int, ...]]) -> nn.Module:
+    """``build(img_size)``, checked before any training: a model that cannot be built for or run on ``img_size``
+    images (or returns another shape than ``expected(img_size)``) raises a one-line :class:`TrainError` naming the
+    ``--img-size`` that works, found by rebuilding."""
+    try:
+        model = build(img_size)
+    except TrainError:
+        raise
+    except Exception as e:  # noqa: BLE001 - layers reject a too-small size with many error types
+        model, error = None, f'it cannot be built for it ({_first_line(e)})'
+    else:
+        error = input_error(model, img_size, expected(img_size))
+    if error is None:
+        return model
+    card_side = max(model_card(name).input_size[1:])
+    side = smallest_input_size(build, img_size + 1, max(card_side, 2 * img_size), expected)
+    if side is None:
+        raise TrainError(f'{name} cannot train on {img_size}x{img_size} input: {error}')
+    raise TrainError(f'{name} cannot take {img_size}x{img_size} input (needs >= {side}x{side}): use --img-size '
+                     f'{side}')
+
+
+def weights_metadata(cfg: TrainConfig, classes: list[str], dcfg: dict[str, Any], epoch: int, score: float,
+                     ema: bool, task: Task | None = None) -> dict[str, str]:
     """Everything eval / predict need to rebuild the model, as safetensors string metadata."""
+    task = task or get_task('classification')
     return dict(format='visionmix-train', model=cfg.model, model_kwargs=json.dumps(cfg.model_kwargs),
                 num_classes=str(len(classes)), classes=json.dumps(classes), img_size=str(cfg.img_size),
                 mean=json.dumps(list(dcfg['mean'])), std=json.dumps(list(dcfg['std'])),
-                interpolation=dcfg['interpolation'], epoch=str(epoch), top1=f'{top1:.4f}', dataset=cfg.dataset,
-                weights='ema' if ema else 'model')
+                interpolation=dcfg['interpolation'], epoch=str(epoch), dataset=cfg.dataset,
+                weights='ema' if ema else 'model', task=task.name, **{task.metric: f'{score:.4f}'})
 
 
 # --------------------------------------------------------------------------------------------------- utilities
@@ -204,7 +304,8 @@ def write_history(history: list[dict[str, Any]], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path, title: str = '') -> Path:
+def plot_curves(history: list[dict[str, Any]], path: Path, title: str = '', metric: str = 'top1',
+                metric_label: str = 'top-1') -> Path:
     import matplotlib
 
     matplotlib.use('Agg')
@@ -217,10 +318,10 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = '') -> P
     ax1.set_xlabel('epoch')
     ax1.set_ylabel('loss')
     ax1.legend()
-    ax2.plot(epochs, [h['train_top1'] for h in history], label='train')
-    ax2.plot(epochs, [h['val_top1'] for h in history], label='val')
+    ax2.plot(epochs, [h[f'train_{metric}'] for h in history], label='train')
+    ax2.plot(epochs, [h[f'val_{metric}'] for h in history], label='val')
     ax2.set_xlabel('epoch')
-    ax2.set_ylabel('top-1 (%)')
+    ax2.set_ylabel(f'{metric_label} (%)')
     ax2.legend()
     if title:
         fig.suptitle(title)
@@ -267,21 +368,25 @@ def train(cfg: TrainConfig | None = None, *, resume: str | os.PathLike | None = 
         else torch.device('cpu')
 
     # data and model
+    run_task = resolve_task(cfg.model, cfg.dataset)
+    notes = run_task.check_config(cfg)
     seed_epoch(cfg.seed, -1)  # model init depends on the seed only
     train_ds, val_ds, info = build_datasets(cfg.dataset, img_size=cfg.img_size, skip_corrupt=cfg.skip_corrupt,
                                             limit=cfg.limit_train)
-    model = build_model(cfg.model, info.num_classes, cfg.img_size, cfg.model_kwargs, cfg.drop_path)
+    model = build_for_input(
+        cfg.model, cfg.img_size,
+        lambda side: build_model(cfg.model, info.num_classes, side, cfg.model_kwargs, cfg.drop_path),
+        lambda side: run_task.output_shape(info.num_classes, side))
     dcfg = data_config(model, cfg.img_size, cfg.interpolation)
     model.pretrained_cfg = dict(getattr(model, 'pretrained_cfg', None) or {}, **{
         'input_size': dcfg['input_size'], 'mean': dcfg['mean'], 'std': dcfg['std'], 'crop_pct': 1.0,
         'interpolation': dcfg['interpolation'], 'num_classes': info.num_classes})
-    train_ds.transform, val_ds.transform = build_transforms(cfg, dcfg)
+    train_ds.transform, val_ds.transform = run_task.transforms(cfg, dcfg)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
 
     from timm.data import Mixup
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3, dispatch_clip_grad
@@ -298,12 +403,7 @@ def train(cfg: TrainConfig | None = None, *, resume: str | os.PathLike | None = 
     mixup_fn = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
                      switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.smoothing,
                      num_classes=info.num_classes) if mixup_on else None
-    if mixup_on:
-        criterion: nn.Module = SoftTargetCrossEntropy()
-    elif cfg.smoothing > 0:
-        criterion = LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
-    else:
-        criterion = nn.CrossEntropyLoss()
+    criterion = run_task.criterion(cfg, info.num_classes)
 
     optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     filter_bias_and_bn=True)
@@ -317,13 +417,13 @@ def train(cfg: TrainConfig | None = None, *, resume: str | os.PathLike | None = 
     train_module: nn.Module = model
     if world > 1:
         train_module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index else None)
-    if cfg.compile:
-        train_module = torch.compile(train_module)
+    if cfg.compile:  # True: torch's default backend (inductor); a string names another, e.g. 'aot_eager'
+        train_module = torch.compile(train_module, **({} if cfg.compile is True else {'backend': cfg.compile}))
 
     # state
     ckpt_dir = run_dir / CHECKPOINT_DIR
     history: list[dict[str, Any]] = []
-    start_epoch, best_top1, best_epoch, train_seconds = 0, -1.0, -1, 0.0
+    start_epoch, best_score, best_epoch, train_seconds = 0, -1.0, -1, 0.0
     if resume is not None:
         from safetensors.torch import load_file
 
@@ -336,7 +436,8 @@ def train(cfg: TrainConfig | None = None, *, resume: str | os.PathLike | None = 
             scheduler.load_state_dict(state['scheduler'])
         set_rng_state(state['rng'])
         start_epoch, history = state['epoch'], list(state['history'])
-        best_top1, best_epoch, train_seconds = state['best_top1'], state['best_epoch'], state['train_seconds']
+        best_score = state['best_score'] if 'best_score' in state else state['best_top1']  # older runs: top-1
+        best_epoch, train_seconds = state['best_epoch'], state['train_seconds']
         if is_main:
             console.print(f'{label}: resuming {run_dir} after epoch {start_epoch}/{cfg.epochs}', highlight=False)
     elif is_main:
@@ -344,7 +445,7 @@ def train(cfg: TrainConfig | None = None, *, resume: str | os.PathLike | None = 
         ckpt_dir.mkdir(exist_ok=True)
         record = dict(config=cfg.to_dict(), data=dict(spec=info.spec, classes=info.classes, num_train=info.num_train,
                                                        num_val=info.num_val, skipped=len(info.skipped),
-                                                       description=info.description),
+                                                       description=info.description, task=info.task),
                       data_config=dict(dcfg, input_size=list(dcfg['input_size']), mean=list(dcfg['mean']),
                                        std=list(dcfg['std'])),
                       world_size=world, environment=environment_info())
@@ -352,107 +453,119 @@ def train(cfg: TrainConfig | None = None, *, resume: str | os.PathLike | None = 
         if info.skipped:
             console.print(f'{label}: skipped {len(info.skipped)} unreadable image(s), e.g. {info.skipped[0]}',
                           style='yellow', highlight=False)
+        for note in notes:
+            console.print(f'{label}: note: {note}', style='yellow', highlight=False)
     writer = _tensorboard(run_dir) if is_main else None
 
     val_sampler = DistributedSampler(val_ds, shuffle=False) if world > 1 else SequentialSampler(val_ds)
     val_loader = DataLoader(val_ds, batch_size=max(per_rank_batch, 64), sampler=val_sampler, num_workers=cfg.workers)
     last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
     metrics: dict[str, Any] = {}
-    for epoch in range(start_epoch, last_epoch):
-        epoch_seed = seed_epoch(cfg.seed, epoch, rank)
-        if world > 1:
-            sampler = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed, drop_last=drop_last)
-            sampler.set_epoch(epoch)
-        else:
-            sampler = RandomSampler(train_ds, generator=torch.Generator().manual_seed(epoch_seed))
-        loader = DataLoader(train_ds, batch_size=per_rank_batch, sampler=sampler, num_workers=cfg.workers,
-                            drop_last=drop_last, generator=torch.Generator().manual_seed(epoch_seed))
-        t0 = time.perf_counter()
-        model.train()
-        sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
-        with _progress(console, progress and is_main, f'{label} epoch {epoch + 1}/{cfg.epochs}',
-                       updates_per_epoch) as (bar, task):
-            for step, (images, targets) in enumerate(loader):
-                images, targets = images.to(device), targets.to(device)
-                if cfg.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                hard = targets
-                if mixup_fn is not None:
-                    images, targets = mixup_fn(images, targets)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                    output = train_module(images)
-                loss = criterion(output.float(), targets)
-                if not math.isfinite(loss.item()):
-                    raise TrainError(f'{label}: loss is {loss.item()} at epoch {epoch + 1} step {step}; lower lr')
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip_grad:
-                    dispatch_clip_grad(model.parameters(), value=cfg.clip_grad, mode=cfg.clip_mode)
-                optimizer.step()
-                num_updates = epoch * updates_per_epoch + step + 1
-                if scheduler is not None:
-                    scheduler.step_update(num_updates=num_updates)
-                if ema is not None:
-                    ema.update(model, step=num_updates)
-                n = images.shape[0]
-                sums += torch.tensor([loss.item() * n, (output.argmax(1) == hard).sum().item(), n],
-                                     dtype=torch.float64)
-                if bar is not None:
-                    elapsed = time.perf_counter() - t0
-                    bar.update(task, advance=1, loss=loss.item(), acc=100 * sums[1].item() / sums[2].item(),
-                               lr=optimizer.param_groups[0]['lr'], ips=sums[2].item() * world / max(elapsed, 1e-9))
-        if scheduler is not None:
-            scheduler.step(epoch + 1)
-        if world > 1:
-            dist.all_reduce(sums)
-        epoch_time = time.perf_counter() - t0
-        train_seconds += epoch_time
-        eval_model = ema.module if ema is not None else model
-        metrics = evaluate(eval_model, val_loader, info.num_classes, device=device,
-                           channels_last=cfg.channels_last)
-        row = dict(epoch=epoch + 1, lr=optimizer.param_groups[0]['lr'], train_loss=sums[0].item() / sums[2].item(),
-                   train_top1=100 * sums[1].item() / sums[2].item(), val_loss=metrics['loss'],
-                   val_top1=metrics['top1'], val_top5=metrics['top5'], img_s=sums[2].item() / epoch_time,
-                   epoch_seconds=epoch_time)
-        if ema is not None:
-            row['val_top1_raw'] = evaluate(model, val_loader, info.num_classes, device=device,
-                                           channels_last=cfg.channels_last)['top1']
-        history.append(row)
-        is_best = metrics['top1'] > best_top1
-        if is_best:
-            best_top1, best_epoch = metrics['top1'], epoch + 1
-        if is_main:
-            console.print(f'{label} epoch {epoch + 1}/{cfg.epochs}  loss {row["train_loss"]:.3f}  train '
-                          f'{row["train_top1"]:.1f}%  val top-1 {row["val_top1"]:.2f}%  lr {row["lr"]:.2e}  '
-                          f'{row["img_s"]:.0f} img/s  {epoch_time:.1f}s', highlight=False)
-            meta = weights_metadata(cfg, info.classes, dcfg, epoch + 1, metrics['top1'], ema is not None)
-            save_checkpoint(eval_model, run_dir / 'last.safetensors', meta)
-            if is_best and cfg.save_best:
-                save_checkpoint(eval_model, run_dir / 'best.safetensors', meta)
-            _save_state(ckpt_dir, epoch + 1, model, ema, optimizer, scheduler, history, best_top1, best_epoch,
-                        train_seconds)
-            write_history(history, run_dir / LOG_FILE)
-            if writer is not None:
-                for key, value in row.items():
-                    if key != 'epoch':
-                        writer.add_scalar(key, value, epoch + 1)
-                writer.flush()
-        if world > 1:
-            dist.barrier()
-    if writer is not None:
-        writer.close()
+    try:
+        for epoch in range(start_epoch, last_epoch):
+            epoch_seed = seed_epoch(cfg.seed, epoch, rank)
+            if world > 1:
+                sampler = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed, drop_last=drop_last)
+                sampler.set_epoch(epoch)
+            else:
+                sampler = RandomSampler(train_ds, generator=torch.Generator().manual_seed(epoch_seed))
+            loader = DataLoader(train_ds, batch_size=per_rank_batch, sampler=sampler, num_workers=cfg.workers,
+                                drop_last=drop_last, generator=torch.Generator().manual_seed(epoch_seed))
+            t0 = time.perf_counter()
+            model.train()
+            sums = torch.zeros(4, dtype=torch.float64)  # loss * n, train metric numerator and denominator, n
+            with _progress(console, progress and is_main, f'{label} epoch {epoch + 1}/{cfg.epochs}',
+                           updates_per_epoch, run_task.metric_label) as (bar, task):
+                for step, (images, targets) in enumerate(loader):
+                    images, targets = images.to(device), targets.to(device)
+                    if cfg.channels_last:
+                        images = images.contiguous(memory_format=torch.channels_last)
+                    hard = targets
+                    if mixup_fn is not None:
+                        images, targets = mixup_fn(images, targets)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                        output = train_module(images)
+                    if not isinstance(output, torch.Tensor):  # e.g. torchvision's aux-logits tuples in train mode
+                        raise TrainError(f'{label}: in training mode the model returns {type(output).__name__}, '
+                                         f'not one logits tensor (turn its auxiliary outputs off, e.g. '
+                                         f'aux_logits=False)')
+                    loss = criterion(output.float(), targets)
+                    if not math.isfinite(loss.item()):
+                        raise TrainError(f'{label}: loss is {loss.item()} at epoch {epoch + 1} step {step}; lower lr')
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.clip_grad:
+                        dispatch_clip_grad(model.parameters(), value=cfg.clip_grad, mode=cfg.clip_mode)
+                    optimizer.step()
+                    num_updates = epoch * updates_per_epoch + step + 1
+                    if scheduler is not None:
+                        scheduler.step_update(num_updates=num_updates)
+                    if ema is not None:
+                        ema.update(model, step=num_updates)
+                    n = images.shape[0]
+                    sums += torch.tensor([loss.item() * n, *run_task.train_counts(output.detach(), hard), n],
+                                         dtype=torch.float64)
+                    if bar is not None:
+                        elapsed = time.perf_counter() - t0
+                        bar.update(task, advance=1, loss=loss.item(), acc=100 * sums[1].item() / max(sums[2].item(), 1),
+                                   lr=optimizer.param_groups[0]['lr'], ips=sums[3].item() * world / max(elapsed, 1e-9))
+            if scheduler is not None:
+                scheduler.step(epoch + 1)
+            if world > 1:
+                dist.all_reduce(sums)
+            epoch_time = time.perf_counter() - t0
+            train_seconds += epoch_time
+            eval_model = ema.module if ema is not None else model
+            metric = run_task.metric
+            metrics = run_task.evaluate(eval_model, val_loader, info.num_classes, device=device,
+                                        channels_last=cfg.channels_last)
+            row = dict(epoch=epoch + 1, lr=optimizer.param_groups[0]['lr'], train_loss=sums[0].item() / sums[3].item(),
+                       **{f'train_{metric}': 100 * sums[1].item() / max(sums[2].item(), 1)}, val_loss=metrics['loss'],
+                       **{f'val_{k}': metrics[k] for k in run_task.val_metrics}, img_s=sums[3].item() / epoch_time,
+                       epoch_seconds=epoch_time)
+            if ema is not None:
+                row[f'val_{metric}_raw'] = run_task.evaluate(model, val_loader, info.num_classes, device=device,
+                                                             channels_last=cfg.channels_last)[metric]
+            history.append(row)
+            is_best = metrics[metric] > best_score
+            if is_best:
+                best_score, best_epoch = metrics[metric], epoch + 1
+            if is_main:
+                console.print(f'{label} epoch {epoch + 1}/{cfg.epochs}  loss {row["train_loss"]:.3f}  train '
+                              f'{row[f"train_{metric}"]:.1f}%  val {run_task.metric_label} '
+                              f'{row[f"val_{metric}"]:.2f}%  lr {row["lr"]:.2e}  {row["img_s"]:.0f} img/s  '
+                              f'{epoch_time:.1f}s', highlight=False)
+                meta = weights_metadata(cfg, info.classes, dcfg, epoch + 1, metrics[metric], ema is not None, run_task)
+                save_checkpoint(eval_model, run_dir / 'last.safetensors', meta)
+                if is_best and cfg.save_best:
+                    save_checkpoint(eval_model, run_dir / 'best.safetensors', meta)
+                _save_state(ckpt_dir, epoch + 1, model, ema, optimizer, scheduler, history, best_score, best_epoch,
+                            train_seconds)
+                write_history(history, run_dir / LOG_FILE)
+                if writer is not None:
+                    for key, value in row.items():
+                        if key != 'epoch':
+                            writer.add_scalar(tensorboard_tag(key), value, epoch + 1)
+                    writer.flush()
+            if world > 1:
+                dist.barrier()
+    finally:  # a run that raises still closes its event file and writer thread
+        if writer is not None:
+            writer.close()
     finished = len(history) >= cfg.epochs
-    top1 = history[-1]['val_top1'] if history else float('nan')
-    result = RunResult(run_dir, len(history), history, top1, best_top1, best_epoch, train_seconds, finished)
+    score = history[-1][f'val_{run_task.metric}'] if history else float('nan')
+    result = RunResult(run_dir, len(history), history, score, best_score, best_epoch, train_seconds, finished,
+                       run_task.metric)
     if is_main and history:
-        plot_curves(history, run_dir / 'curves.png', title=label)
+        plot_curves(history, run_dir / 'curves.png', title=label, metric=run_task.metric,
+                    metric_label=run_task.metric_label)
         if finished:
             _atomic_text(json.dumps(result.to_dict(), indent=2), run_dir / SUMMARY_FILE)
     return result
 
 
 def _save_state(ckpt_dir: Path, epoch: int, model: nn.Module, ema: Any, optimizer: Any, scheduler: Any,
-                history: list[dict[str, Any]], best_top1: float, best_epoch: int, train_seconds: float) -> None:
+                history: list[dict[str, Any]], best_score: float, best_epoch: int, train_seconds: float) -> None:
     weights = f'model_e{epoch}.safetensors'
     save_checkpoint(model, ckpt_dir / weights)
     ema_weights = None
@@ -461,7 +574,7 @@ def _save_state(ckpt_dir: Path, epoch: int, model: nn.Module, ema: Any, optimize
         save_checkpoint(ema.module, ckpt_dir / ema_weights)
     state = dict(epoch=epoch, weights=weights, ema_weights=ema_weights, optimizer=optimizer.state_dict(),
                  scheduler=scheduler.state_dict() if scheduler is not None else None, rng=rng_state(),
-                 history=history, best_top1=best_top1, best_epoch=best_epoch, train_seconds=train_seconds)
+                 history=history, best_score=best_score, best_epoch=best_epoch, train_seconds=train_seconds)
     _atomic_torch_save(state, ckpt_dir / STATE_FILE)  # the commit point
     keep = {weights, ema_weights}
     for old in ckpt_dir.glob('*_e*.safetensors'):
@@ -469,7 +582,15 @@ def _save_state(ckpt_dir: Path, epoch: int, model: nn.Module, ema: Any, optimize
             old.unlink(missing_ok=True)
 
 
+def tensorboard_tag(column: str) -> str:
+    """metrics.csv column -> TensorBoard tag: ``train_loss`` -> ``train/loss`` so TensorBoard groups train / val."""
+    prefix, sep, rest = column.partition('_')
+    return f'{prefix}/{rest}' if sep and prefix in ('train', 'val') else column
+
+
 def _tensorboard(run_dir: Path) -> Any:
+    """A SummaryWriter on ``run_dir/tensorboard`` (one new event file per process, so a resumed run adds one), or
+    None without tensorboard."""
     try:
         import tensorboard  # noqa: F401
         from torch.utils.tensorboard import SummaryWriter
@@ -481,9 +602,11 @@ def _tensorboard(run_dir: Path) -> Any:
 class _progress:
     """A rich progress bar for one epoch when the console is a terminal; otherwise nothing."""
 
-    def __init__(self, console: Console, enabled: bool, description: str, total: int) -> None:
+    def __init__(self, console: Console, enabled: bool, description: str, total: int,
+                 metric_label: str = 'top-1') -> None:
         self.enabled = enabled and console.is_terminal
         self.console, self.description, self.total = console, description, total
+        self.metric_label = metric_label
         self.bar = None
 
     def __enter__(self):
@@ -492,11 +615,12 @@ class _progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.bar = Progress(TextColumn('{task.description}'), BarColumn(), MofNCompleteColumn(),
-                            TextColumn('loss {task.fields[loss]:.3f} acc {task.fields[acc]:.1f}% '
+                            TextColumn('loss {task.fields[loss]:.3f} {task.fields[metric]} {task.fields[acc]:.1f}% '
                                        'lr {task.fields[lr]:.1e} {task.fields[ips]:.0f} img/s'),
                             TimeRemainingColumn(), console=self.console, transient=True)
         self.bar.__enter__()
-        task = self.bar.add_task(self.description, total=self.total, loss=float('nan'), acc=0.0, lr=0.0, ips=0.0)
+        task = self.bar.add_task(self.description, total=self.total, loss=float('nan'), acc=0.0, lr=0.0, ips=0.0,
+                                 metric=self.metric_label)
         return self.bar, task
 
     def __exit__(self, *exc: Any) -> None:

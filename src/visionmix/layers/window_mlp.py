@@ -21,8 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, to_2tuple, trunc_normal_
 
-__all__ = ['stage_window', 'window_pad_sizes', 'pad_to_windows', 'window_partition', 'window_reverse', 'window_spatial_mix',
-           'WindowSpatialMlp']
+__all__ = ['stage_window', 'window_pad_sizes', 'pad_to_windows', 'window_partition', 'window_reverse',
+           'window_spatial_mix', 'WindowSpatialMlp']
 
 
 def window_pad_sizes(size: int, window: int, shift: int = 0) -> tuple[int, int]:

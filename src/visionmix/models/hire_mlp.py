@@ -355,8 +355,8 @@ _PAPER = 'Hire-MLP: Vision MLP via Hierarchical Rearrangement'
 _CODE = 'https://github.com/ggjy/Hire-Wave-MLP.pytorch'
 _COMMIT = '7ef7ddd784f97b6369d6fbaf913c4c1536949cf6'
 _RELEASE = f'{_CODE}/releases/download/log'
-_EMA_NOTE = ('The official checkpoint holds "model" and "model_ema"; the official evaluation loads "model_ema", and so do '
-             'pretrained=True and visionmix.load_checkpoint (use_ema=False takes "model").')
+_EMA_NOTE = ('The official checkpoint holds "model" and "model_ema"; the official evaluation loads "model_ema", and '
+             'so do pretrained=True and visionmix.load_checkpoint (use_ema=False takes "model").')
 _VERIFIED = ('params exact, MACs equal the paper at its printed precision ({macs}), official layout loads strict, '
              'outputs equal the official code with random weights (max abs diff <= 2e-6 x output scale at 224, 97x61, '
              '33x47, eval and train mode)')

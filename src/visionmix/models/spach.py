@@ -520,8 +520,8 @@ _CODE = 'https://github.com/microsoft/SPACH'
 _COMMIT = 'dcede1e86c9e183d4a734c67f8528d291d1c29d1'
 _RELEASE = f'{_CODE}/releases/download/v1.0'
 _FAMILY = {'conv': 'conv', 'attn': 'transformer', 'mlp': 'mlp', 'hybrid': 'hybrid'}
-_VERIFIED = ('params exact (= official code), GMACs within 0.4% of the issue table (FlopCounterMode), outputs equal the '
-             'official code with the same random weights (max abs diff <= 6e-7), official layout loads strict')
+_VERIFIED = ('params exact (= official code), GMACs within 0.4% of the issue table (FlopCounterMode), outputs equal '
+             'the official code with the same random weights (max abs diff <= 6e-7), official layout loads strict')
 _VERIFIED_SINGLE_STAGE = _VERIFIED.replace('within 0.4% of the issue table', 'measured (no published figure)')
 
 
@@ -530,8 +530,9 @@ def _card(name: str, params: int, gmacs: float, paper_gmacs: float | None = None
     return ModelCard(
         name=name, family=_FAMILY[name.rsplit('_', 1)[1]], paper=_PAPER, arxiv='2108.13002', code_url=_CODE,
         code_commit=_COMMIT, params=params, gmacs=gmacs, paper_gmacs=paper_gmacs, top1=top1,
-        top1_source='official README (ImageNet-1k, 224)' if top1 is not None else 'none published', mean=IMAGENET_DEFAULT_MEAN,
-        std=IMAGENET_DEFAULT_STD, license='MIT', verified=_VERIFIED if '_patch4_' in name else _VERIFIED_SINGLE_STAGE, notes=notes)
+        top1_source='official README (ImageNet-1k, 224)' if top1 is not None else 'none published',
+        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, license='MIT',
+        verified=_VERIFIED if '_patch4_' in name else _VERIFIED_SINGLE_STAGE, notes=notes)
 
 
 _TOKEN_MLP_NOTE = 'Token-MLP model: runs at its img_size only (build with img_size=... for another size).'
@@ -567,11 +568,13 @@ _GENERIC_NOTE = ('Generic builder: pass net_arch (and widths) for any SPACH mode
                  'default spec ({spec}).')
 _CARDS['spach'] = ModelCard(
     name='spach', family='hybrid', paper=_PAPER, arxiv='2108.13002', code_url=_CODE, code_commit=_COMMIT,
-    params=7_828_840, gmacs=1.45, top1_source='none (generic builder)', mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, license='MIT',
+    params=7_828_840, gmacs=1.45, top1_source='none (generic builder)', mean=IMAGENET_DEFAULT_MEAN,
+    std=IMAGENET_DEFAULT_STD, license='MIT',
     verified='default spec = spach_xxs_patch16_224_conv', notes=_GENERIC_NOTE.format(spec='spach_xxs_patch16_224_conv'))
 _CARDS['spach_ms'] = ModelCard(
     name='spach_ms', family='hybrid', paper=_PAPER, arxiv='2108.13002', code_url=_CODE, code_commit=_COMMIT,
-    params=5_085_224, gmacs=0.71, top1_source='none (generic builder)', mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, license='MIT',
+    params=5_085_224, gmacs=0.71, top1_source='none (generic builder)', mean=IMAGENET_DEFAULT_MEAN,
+    std=IMAGENET_DEFAULT_STD, license='MIT',
     verified='default spec = spach_ms_xxs_patch4_224_conv',
     notes=_GENERIC_NOTE.format(spec='spach_ms_xxs_patch4_224_conv'))
 
