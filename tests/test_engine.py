@@ -1,8 +1,10 @@
 """train / eval / predict: short real runs on a digits subset with tiny models."""
 import csv
 import importlib
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 from safetensors.torch import load_file
 
 from visionmix.cli import build_parser, main
@@ -273,3 +276,16 @@ def test_compile_option_in_config_and_cli(tmp_path, capsys):
     code = main(['train', '--compile', 'nope', '--output', str(tmp_path / 'run')])
     out = capsys.readouterr().out.strip()
     assert code == 2 and out.startswith("error: unknown compile backend 'nope'") and '\n' not in out
+
+
+def test_progress_bar_on_a_terminal_shows_loss_accuracy_lr_speed_and_eta(tmp_path):
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=200, color_system=None)
+    train(tiny(tmp_path, epochs=1, limit_train=64), console=console, progress=True, label='bar')
+    text = out.getvalue()
+    assert '\u2501' in text  # the bar itself
+    assert re.search(r'bar epoch 1/1 .*\d+/\d+ loss \d+\.\d{3} top-1 \d+\.\d% lr \d\.\de[-+]\d+ \d+ img/s', text)
+    assert re.search(r'\d+:\d\d:\d\d|-:--:--', text)  # rich's time-remaining column
+    quiet = io.StringIO()  # not a terminal (a log file, CI): only the per-epoch lines
+    train(tiny(tmp_path, 'quiet', epochs=1, limit_train=64), console=Console(file=quiet), progress=True)
+    assert '\u2501' not in quiet.getvalue() and 'epoch 1/1' in quiet.getvalue()
