@@ -418,7 +418,10 @@ def train(cfg: TrainConfig | None = None, *, resume: str | os.PathLike | None = 
     if world > 1:
         train_module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index else None)
     if cfg.compile:  # True: torch's default backend (inductor); a string names another, e.g. 'aot_eager'
-        train_module = torch.compile(train_module, **({} if cfg.compile is True else {'backend': cfg.compile}))
+        # static shapes: a run's batches share one size (a short tail recompiles once); a symbolic image size trips
+        # inductor on some models (torch 2.14, SPACH stems: sympy 'cannot determine truth value of Relational')
+        train_module = torch.compile(train_module, dynamic=False,
+                                     **({} if cfg.compile is True else {'backend': cfg.compile}))
 
     # state
     ckpt_dir = run_dir / CHECKPOINT_DIR
