@@ -23,7 +23,7 @@ from timm.models import adapt_input_conv
 
 __all__ = [
     'CheckpointError', 'read_state_dict', 'unwrap_state_dict', 'load_checkpoint', 'save_checkpoint',
-    'pretrained_error', 'safe_load_context',
+    'pretrained_error', 'safe_load_context', 'atomic_write',
 ]
 
 # Checked in this order. EMA weights win when present (``use_ema=True``, timm's default too): the official training
@@ -223,10 +223,18 @@ def save_checkpoint(
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     tensors = {k: v.detach().to('cpu').contiguous().clone() for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda tmp: save_safetensors(tensors, tmp, metadata=dict(metadata) if metadata else None))
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """Write ``path`` all or nothing: ``write(tmp)`` fills a temp file in the same folder, which is flushed to disk
+    and renamed over ``path`` (``os.replace`` is atomic). On any error, or a kill, ``path`` keeps its old content and
+    the temp file is removed (on an error) or left as a hidden ``.NAME.*.tmp`` (on a kill)."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     os.close(fd)
     try:
-        save_safetensors(tensors, tmp, metadata=dict(metadata) if metadata else None)
+        write(tmp)
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from rich.console import Console
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
-from ..checkpoint import save_checkpoint
+from ..checkpoint import atomic_write, save_checkpoint
 from ..data import build_datasets, dataset_task
 from ..registry import create_model, model_card
 from .config import ConfigError, TrainConfig, environment_info, load_config
@@ -228,26 +227,6 @@ def weights_metadata(cfg: TrainConfig, classes: list[str], dcfg: dict[str, Any],
 
 # --------------------------------------------------------------------------------------------------- utilities
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, 'rb') as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    with os.fdopen(fd, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def rng_state() -> dict[str, Any]:
     """Python, NumPy and torch RNG states in a form ``torch.load(weights_only=True)`` accepts."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -295,13 +274,14 @@ def _read_config_file(run_dir: Path) -> dict[str, Any]:
 def write_history(history: list[dict[str, Any]], path: Path) -> None:
     if not history:
         return
-    fields = list(history[0])
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    with os.fdopen(fd, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+
+    atomic_write(path, write)
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str = '', metric: str = 'top1',
@@ -452,7 +432,8 @@ def train(cfg: TrainConfig | None = None, *, resume: str | os.PathLike | None = 
                       data_config=dict(dcfg, input_size=list(dcfg['input_size']), mean=list(dcfg['mean']),
                                        std=list(dcfg['std'])),
                       world_size=world, environment=environment_info())
-        _atomic_text(yaml.safe_dump(json.loads(json.dumps(record)), sort_keys=False), run_dir / CONFIG_FILE)
+        text = yaml.safe_dump(json.loads(json.dumps(record)), sort_keys=False)
+        atomic_write(run_dir / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
         if info.skipped:
             console.print(f'{label}: skipped {len(info.skipped)} unreadable image(s), e.g. {info.skipped[0]}',
                           style='yellow', highlight=False)
@@ -563,7 +544,8 @@ def train(cfg: TrainConfig | None = None, *, resume: str | os.PathLike | None = 
         plot_curves(history, run_dir / 'curves.png', title=label, metric=run_task.metric,
                     metric_label=run_task.metric_label)
         if finished:
-            _atomic_text(json.dumps(result.to_dict(), indent=2), run_dir / SUMMARY_FILE)
+            summary = json.dumps(result.to_dict(), indent=2)
+            atomic_write(run_dir / SUMMARY_FILE, lambda tmp: Path(tmp).write_text(summary))
     return result
 
 
@@ -578,7 +560,7 @@ def _save_state(ckpt_dir: Path, epoch: int, model: nn.Module, ema: Any, optimize
     state = dict(epoch=epoch, weights=weights, ema_weights=ema_weights, optimizer=optimizer.state_dict(),
                  scheduler=scheduler.state_dict() if scheduler is not None else None, rng=rng_state(),
                  history=history, best_score=best_score, best_epoch=best_epoch, train_seconds=train_seconds)
-    _atomic_torch_save(state, ckpt_dir / STATE_FILE)  # the commit point
+    atomic_write(ckpt_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))  # the commit point
     keep = {weights, ema_weights}
     for old in ckpt_dir.glob('*_e*.safetensors'):
         if old.name not in keep:
