@@ -23,9 +23,8 @@ import torch
 import torch.nn as nn
 
 import visionmix
-from visionmix.models.spach import checkpoint_filter_fn
+from visionmix.models.spach import HYBRID_MS_S_ARCH, checkpoint_filter_fn
 
-_HYBRID_S = [[('pass', 3)], [('pass', 2), ('attn', 2)], [('pass', 2), ('attn', 10)], [('pass', 1), ('attn', 2)]]
 # (official class, constructor arguments) per variant, from the official models/registry.py; the official repo
 # has no constructor for S+, which is Hybrid-MS-S with its 'conv4' stem
 OFFICIAL_ARGS = {
@@ -42,9 +41,9 @@ OFFICIAL_ARGS = {
     'spach_ms_xxs_patch4_224_mlp': ('SpachMS', dict(hidden_dim=64, num_heads=2, channel_ratio=2., net_arch=[
         [('pass', 2)], [('mlp', 2)], [('mlp', 6)], [('mlp', 2)]])),
     'spach_ms_s_patch4_224_hybrid': ('SpachMS', dict(hidden_dim=128, num_heads=4, channel_ratio=3.,
-                                                     net_arch=_HYBRID_S)),
+                                                     net_arch=HYBRID_MS_S_ARCH)),
     'spach_ms_s_plus_patch4_224_hybrid': ('SpachMS', dict(hidden_dim=128, num_heads=4, channel_ratio=3.,
-                                                          net_arch=_HYBRID_S, stem_type='conv4')),
+                                                          net_arch=HYBRID_MS_S_ARCH, stem_type='conv4')),
 }
 DEFAULT_MODELS = ['spach_xxs_patch16_224_mlp', 'spach_ms_xxs_patch4_224_conv', 'spach_ms_xxs_patch4_224_attn',
                   'spach_ms_xxs_patch4_224_mlp']

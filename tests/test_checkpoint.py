@@ -66,24 +66,35 @@ def test_checkpoint_path_argument(tmp_path):
     assert _same_outputs(model, loaded)
 
 
-def test_other_num_classes_drops_the_head_with_a_warning(tmp_path):
+def test_other_num_classes_adapts_the_head_only_when_asked(tmp_path):
+    """create_model(checkpoint_path=..., num_classes=...) is fine-tuning: the head is adapted (with a warning).
+    load_checkpoint(strict=True) means strict: the same file is a one-line mismatch error there."""
     save_checkpoint(_small(), tmp_path / 'w.safetensors')
-    target = visionmix.create_model('resnet50', num_classes=3, layers=[1, 1, 1, 1])
-    head_before = target.fc.weight.clone()
+    torch.manual_seed(0)
+    fresh = visionmix.create_model('resnet50', num_classes=3, layers=[1, 1, 1, 1])
+    torch.manual_seed(0)
     with pytest.warns(UserWarning, match='dropping classifier fc.weight'):
-        load_checkpoint(target, tmp_path / 'w.safetensors')
-    assert torch.equal(target.fc.weight, head_before)
+        target = visionmix.create_model('resnet50', num_classes=3, layers=[1, 1, 1, 1],
+                                        checkpoint_path=str(tmp_path / 'w.safetensors'))
+    assert torch.equal(target.fc.weight, fresh.fc.weight)  # the fresh head is kept
     assert torch.equal(target.conv1.weight, read_state_dict(tmp_path / 'w.safetensors')['conv1.weight'])
+    with pytest.raises(CheckpointError, match=r'2 shape mismatches \(fc.bias: checkpoint \(10,\) vs model \(3,\); '
+                                              r'fc.weight: checkpoint \(10, 2048\) vs model \(3, 2048\)\)'):
+        load_checkpoint(visionmix.create_model('resnet50', num_classes=3, layers=[1, 1, 1, 1]),
+                        tmp_path / 'w.safetensors')
 
 
-def test_other_in_chans_adapts_the_first_conv(tmp_path):
+def test_other_in_chans_adapts_the_first_conv_only_when_asked(tmp_path):
     source = _small()
     save_checkpoint(source, tmp_path / 'w.safetensors')
-    target = visionmix.create_model('resnet50', num_classes=10, layers=[1, 1, 1, 1], in_chans=1)
     with pytest.warns(UserWarning, match='conv1.weight'):
-        load_checkpoint(target, tmp_path / 'w.safetensors')
+        target = visionmix.create_model('resnet50', num_classes=10, layers=[1, 1, 1, 1], in_chans=1,
+                                        checkpoint_path=str(tmp_path / 'w.safetensors'))
     # timm's rule for one channel: sum the RGB filters.
     assert torch.allclose(target.conv1.weight, source.conv1.weight.sum(dim=1, keepdim=True))
+    with pytest.raises(CheckpointError, match='conv1.weight'):
+        load_checkpoint(visionmix.create_model('resnet50', num_classes=10, layers=[1, 1, 1, 1], in_chans=1),
+                        tmp_path / 'w.safetensors')
 
 
 def test_mismatch_lists_missing_unexpected_and_shapes(tmp_path):
@@ -95,10 +106,12 @@ def test_mismatch_lists_missing_unexpected_and_shapes(tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(_small(), tmp_path / 'bad.safetensors')
     msg = str(info.value)
-    assert 'missing keys (1)' in msg and 'layer1.0.conv1.weight' in msg
-    assert 'unexpected keys (1)' in msg and 'extra.weight' in msg
-    assert 'shape mismatches (1)' in msg and 'layer2.0.conv1.weight' in msg
-    assert len(msg.splitlines()) < 15
+    assert '1 missing keys (layer1.0.conv1.weight)' in msg
+    assert '1 unexpected keys (extra.weight)' in msg
+    assert '1 shape mismatches (layer2.0.conv1.weight: checkpoint (3, 3, 1, 1) vs model' in msg
+    assert len(msg.splitlines()) == 1  # one line for the CLI; every key is on the error's attributes
+    assert info.value.missing == ['layer1.0.conv1.weight'] and info.value.unexpected == ['extra.weight']
+    assert isinstance(info.value, visionmix.VisionmixError) and isinstance(info.value, ValueError)
 
 
 def test_non_strict_still_rejects_shape_mismatch(tmp_path):

@@ -23,11 +23,12 @@ def test_compare_two_tiny_models_writes_every_report_file(tmp_path, capsys):
     assert [r['model'] for r in rows] == ['spach_ms', 'spach_ms'] and len({r['label'] for r in rows}) == 2
     for r in rows:
         assert r['params'] > 0 and r['gmacs'] > 0 and r['infer_img_s'] > 0 and r['train_img_s'] > 0
-        assert 0 <= r['top1_mean'] <= 100 and r['top1_std'] == 0 and len(r['history']) == 1
+        assert 0 <= r['top1_mean'] <= 100 and r['top1_std'] is None and r['n'] == 1 and len(r['history']) == 1
     with open(out / 'results.csv') as f:
         assert len(list(csv.DictReader(f))) == 2
     report = (out / 'report.md').read_text()
     assert 'visionmix compare (test)' in report and 'top1_vs_macs.png' in report and 'lr: 0.005' in report
+    assert '+-' not in report and 'one seed, so no spread' in report  # one seed: no spread printed
     assert json.loads((out / 'results.json').read_text())['models'][0]['label'] == rows[0]['label']
 
     capsys.readouterr()

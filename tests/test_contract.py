@@ -141,8 +141,11 @@ def test_reset_classifier_and_num_classes_zero(built):
     x = _input(name)
     model = _build(case).eval()
     model.reset_classifier(0)
+    # timm's convention: only the final classifier goes, so forward gives what forward_head(pre_logits=True) gives
     pooled = model(x)
-    assert pooled.shape == (2, model.num_features)
+    assert pooled.shape == (2, model.head_hidden_size)
+    assert torch.allclose(pooled, model.forward_head(model.forward_features(x), pre_logits=True), atol=1e-6)
+    assert _build(case, num_classes=0).eval()(x).shape == (2, model.head_hidden_size)
     model.reset_classifier(0, '')
     unpooled = model(x)
     assert unpooled.ndim == 4 and _channels(model, unpooled) == model.num_features
@@ -154,6 +157,32 @@ def test_reset_classifier_and_num_classes_zero(built):
     reference.reset_classifier(0, '')
     headless.load_state_dict(reference.state_dict())
     assert torch.equal(headless(x), reference(x))
+
+
+@torch.no_grad()
+def test_prune_intermediate_layers(built):
+    """timm's pruning contract: the kept maps are unchanged, forward_features ends at the last kept map without the
+    final norm when asked (or when later blocks went), and num_features says its width."""
+    case, _ = built
+    name = case[0]
+    x = _input(name)
+    full = _build(case).eval().forward_intermediates(x, intermediates_only=True)
+    take = len(full) - 2  # an earlier map: the blocks after it are dropped
+    model = _build(case).eval()
+    assert model.prune_intermediate_layers(indices=[take], prune_norm=True) == [take]
+    assert torch.allclose(model.forward_intermediates(x, indices=[take], intermediates_only=True)[0], full[take],
+                          atol=1e-5)
+    features = model.forward_features(x)
+    if getattr(model, 'output_fmt', 'NCHW') == 'NHWC':
+        features = features.permute(0, 3, 1, 2)
+    assert features.shape == full[take].shape and model.num_features == full[take].shape[1]
+    assert torch.allclose(features, full[take], atol=1e-5)
+    whole = _build(case).eval()  # all blocks kept: prune_norm drops only the end of the trunk
+    whole.prune_intermediate_layers(indices=1, prune_norm=True, prune_head=False)
+    last = whole.forward_features(x)
+    if getattr(whole, 'output_fmt', 'NCHW') == 'NHWC':
+        last = last.permute(0, 3, 1, 2)
+    assert torch.allclose(last, full[-1], atol=1e-5) and whole.num_features == full[-1].shape[1]
 
 
 def test_pretrained_cfg(built):

@@ -258,8 +258,9 @@ def test_cifar_meta_without_names(tmp_path):
 
 
 def test_train_one_epoch_on_fake_cifar10(tmp_path):
-    from visionmix.engine import load_config, train
+    from visionmix.engine import load_config
     from visionmix.engine.evaluate import run_eval
+    from visionmix.engine.train import train
 
     _fake_cifar(tmp_path / 'data', per_batch=4)
     cfg = load_config(overrides=dict(

@@ -18,11 +18,13 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from visionmix.cli import build_parser, main
-from visionmix.engine import ConfigError, TrainError, load_config, train
+from visionmix.engine import ConfigError, TrainError, load_config
+from visionmix.engine.train import train
 from visionmix.engine.evaluate import EvalError, predict, run_eval
-from visionmix.engine.train import CHECKPOINT_DIR, STATE_FILE, tensorboard_tag
+from visionmix.engine.train import CHECKPOINT_DIR, STATE_FILE
+from visionmix.engine.trainer import tensorboard_tag
 
-engine_train = importlib.import_module('visionmix.engine.train')  # the module; visionmix.engine.train is the function
+engine_train = importlib.import_module('visionmix.engine.trainer')  # where the loop builds its model
 
 TINY = dict(model='spach_ms', model_kwargs={'net_arch': [['pass', 1], ['pass', 1]], 'embed_dim': 16},
             dataset='digits', img_size=16, limit_train=512, batch_size=32, lr=5e-3, warmup_epochs=0,
@@ -205,7 +207,8 @@ def test_tensorboard_event_files_hold_every_epoch_scalar(tmp_path):
     for column in columns:
         events = acc.Scalars(tensorboard_tag(column))
         assert [e.step for e in events] == [1, 2, 3], column
-        assert [e.value for e in events] == pytest.approx([float(r[column]) for r in rows], rel=1e-6), column
+        # metrics.csv is written for people (6 significant digits); the events keep float32
+        assert [e.value for e in events] == pytest.approx([float(r[column]) for r in rows], rel=1e-5), column
 
     with pytest.raises(TrainError, match='loss is'):
         train(tiny(tmp_path, 'diverges', lr=1e30, sched='none', limit_train=64), progress=False)

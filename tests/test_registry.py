@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import visionmix
+from visionmix.errors import CheckpointError
 from visionmix.registry import FAMILIES, ModelCard, UnknownModelError, register_visionmix_model
 
 CLASSIC = ['vit_small_patch16_224', 'vit_base_patch16_224', 'swin_tiny_patch4_window7_224', 'mixer_s16_224',
@@ -75,7 +76,7 @@ def test_passthrough_builds_with_its_own_library():
 
 
 def test_pretrained_offline_gives_a_clear_error():
-    with pytest.raises(RuntimeError, match='pretrained_cfg_overlay'):
+    with pytest.raises(CheckpointError, match='pretrained_cfg_overlay'):
         visionmix.create_model('resnet50', pretrained=True)
 
 
@@ -121,7 +122,7 @@ def test_one_typo_away_is_always_suggested(name, position):
 @pytest.mark.parametrize('name', ['hire_mlp_tiny', 'swin_mlp_tiny_c24_patch4_window8_256',
                                   'spach_ms_xxs_patch4_224_conv'])
 def test_native_pretrained_offline_gives_a_clear_error(name):
-    with pytest.raises(RuntimeError, match='pretrained_cfg_overlay=dict.file='):
+    with pytest.raises(CheckpointError, match='pretrained_cfg_overlay=dict.file='):
         visionmix.create_model(name, pretrained=True)
 
 

@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader
 
 from visionmix.cli import main
 from visionmix.data import DataError, build_datasets
-from visionmix.engine import ConfigError, TrainError, load_config, train
+from visionmix.engine import ConfigError, TrainError, load_config
+from visionmix.engine.train import train
 from visionmix.engine.evaluate import predict, run_eval
 from visionmix.engine.losses import BCEDiceLoss, CEDiceLoss
 from visionmix.engine.metrics import evaluate_segmentation
@@ -223,7 +224,8 @@ def test_task_mismatch_and_classification_only_options_are_one_line_errors(tmp_p
                  ['train', '--model', 'unext_s', '--dataset', 'synthetic:8', '--output', str(tmp_path / 'b')],
                  ['train', '--model', 'unext_s', '--dataset', f'segfolder:{tmp_path / "none"}', '--output',
                   str(tmp_path / 'c')],
-                 ['compare', '--models', 'unext_s', '--dataset', 'synthetic-seg:8', '--output', str(tmp_path / 'd')]):
+                 ['compare', '--models', 'unext_s', 'resnet50', '--dataset', 'synthetic-seg:8', '--output',
+                  str(tmp_path / 'd')]):
         code = main(argv)
         out = capsys.readouterr().out.strip()
         assert code == 2 and out.startswith('error:') and '\n' not in out, (argv, out)

@@ -2,15 +2,16 @@
 
 Importing visionmix registers its model families in timm's registry.
 """
-from .checkpoint import CheckpointError, load_checkpoint, read_state_dict, save_checkpoint
-from .registry import ModelCard, UnknownModelError, create_model, list_models, model_card
+from .checkpoint import read_state_dict, save_checkpoint
+from .errors import CheckpointError, ConfigError, DataError, UnknownModelError, VisionmixError
+from .registry import ModelCard, create_model, list_models, load_checkpoint, model_card
 from . import models  # noqa: F401  (registers every family)
 from .profile import compare_speed, count_macs, count_params, profile_model
 
 __version__ = '0.1.0'
 
 __all__ = [
-    'CheckpointError', 'ModelCard', 'UnknownModelError', 'create_model', 'list_models', 'load_checkpoint',
-    'model_card', 'read_state_dict', 'save_checkpoint', 'profile_model', 'compare_speed', 'count_macs', 'count_params',
-    '__version__',
+    'VisionmixError', 'CheckpointError', 'ConfigError', 'DataError', 'UnknownModelError', 'ModelCard',
+    'create_model', 'list_models', 'load_checkpoint', 'model_card', 'read_state_dict', 'save_checkpoint',
+    'profile_model', 'compare_speed', 'count_macs', 'count_params', '__version__',
 ]

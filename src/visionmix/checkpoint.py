@@ -1,13 +1,15 @@
 """Loading and saving weights safely: safetensors or ``torch.load(weights_only=True)``, never plain pickle.
 
 Official checkpoints come in many wrappers (``{'model': ...}``, ``{'state_dict_ema': ...}``, ``module.`` prefixes
-from DataParallel) and in the official key layout; :func:`load_checkpoint` unwraps them, runs the family's
-``checkpoint_filter_fn`` and reports every mismatch in one readable error.
+from DataParallel) and in the official key layout; :func:`load_checkpoint` unwraps them (:func:`unwrap_state_dict`,
+one documented priority), runs the key filter it is given (a family's ``checkpoint_filter_fn``, which only renames
+keys) and reports every mismatch in one error. A leaf: it imports nothing of visionmix but its errors.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import stat
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping
@@ -21,13 +23,16 @@ from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 from timm.models import adapt_input_conv
 
+from .errors import CheckpointError, VisionmixError
+
 __all__ = [
     'CheckpointError', 'read_state_dict', 'unwrap_state_dict', 'load_checkpoint', 'save_checkpoint',
-    'pretrained_error', 'safe_load_context', 'atomic_write',
+    'pretrained_error', 'safe_load_context', 'atomic_write', 'unwrapping', 'FilterFn',
 ]
 
-# Checked in this order. EMA weights win when present (``use_ema=True``, timm's default too): the official training
-# scripts of our families (DeiT-style) evaluate and publish the EMA model when they keep one.
+# The one unwrap priority, checked in this order at each nesting level. EMA weights win when present
+# (``use_ema=True``, timm's default too): the official training scripts of our families (DeiT-style, Hire-MLP)
+# evaluate and publish the EMA model when they keep one.
 _WRAPPER_KEYS = ('state_dict', 'model', 'module', 'net', 'weights')
 _EMA_KEYS = ('state_dict_ema', 'model_ema')
 # DeiT-style training checkpoints store their argparse options next to the weights; a Namespace only holds
@@ -36,10 +41,6 @@ _SAFE_GLOBALS = [argparse.Namespace]
 _TORCH_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.tar')
 
 FilterFn = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read, or whose weights do not fit the model."""
 
 
 def pretrained_error(name: str, cause: BaseException) -> CheckpointError:
@@ -111,6 +112,16 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], use_ema: bool = True) -> di
     return tensors
 
 
+def unwrapping(filter_fn: FilterFn) -> FilterFn:
+    """``filter_fn`` preceded by :func:`unwrap_state_dict`, for loaders that pass the raw file content (timm's
+    ``pretrained=True`` path hands ``pretrained_filter_fn`` whatever the downloaded file holds)."""
+
+    def unwrap_then_filter(state_dict: dict[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
+        return filter_fn(unwrap_state_dict(state_dict), model)
+
+    return unwrap_then_filter
+
+
 def _classifier_names(model: nn.Module) -> list[str]:
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     classifier = cfg.get('classifier') if isinstance(cfg, Mapping) else None
@@ -154,58 +165,54 @@ def load_checkpoint(
         strict: bool = True,
         filter_fn: FilterFn | None = None,
         use_ema: bool = True,
+        adapt: bool = False,
 ) -> nn.Module:
     """Load weights into ``model`` from a file in our layout or, through ``filter_fn``, an official one.
 
-    A different ``num_classes`` drops the classifier with a warning; a different ``in_chans`` adapts the first conv
-    as timm does. Any other mismatch raises one :class:`CheckpointError` listing missing keys, unexpected keys and
-    shape mismatches.
+    Any mismatch raises one :class:`CheckpointError` naming the missing keys, unexpected keys and shape mismatches
+    (all of them on the error's ``missing`` / ``unexpected`` / ``shapes`` attributes). ``strict`` means strict:
+    a classifier or first conv of another shape is a mismatch too, unless ``adapt`` asks for what fine-tuning needs.
 
     Args:
         model: The model to fill.
         path: ``.safetensors`` or a torch file (read with ``weights_only=True``).
-        strict: Require every key to match.
-        filter_fn: ``(state_dict, model) -> state_dict`` mapping an official layout to the model's (the family's
-            ``checkpoint_filter_fn``). ``None`` uses the model's own, found through its registry name.
+        strict: Require every key to match (``False`` allows missing / unexpected keys, never other shapes).
+        filter_fn: ``(state_dict, model) -> state_dict`` renaming an official layout's keys to the model's (a
+            family's ``checkpoint_filter_fn``); ``None`` loads the keys as they are.
         use_ema: Load EMA weights when the checkpoint holds both (as timm does); ``False`` for the raw weights.
+        adapt: Keep the model's fresh classifier when the checkpoint's has another number of classes, and adapt the
+            first conv to another ``in_chans`` as timm does (each with a warning).
     """
-    if filter_fn is None:
-        filter_fn = _family_filter(model)
     state = unwrap_state_dict(read_state_dict(path), use_ema=use_ema)
     if filter_fn is not None:
         state = filter_fn(state, model)
-    state = _adapt_to_model(dict(state), model)
+    if adapt:
+        state = _adapt_to_model(dict(state), model)
     target = model.state_dict()
     shape_errors = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}'
                     for k, v in state.items() if k in target and v.shape != target[k].shape]
     missing = sorted(set(target) - set(state))
     unexpected = sorted(set(state) - set(target))
     if shape_errors or (strict and (missing or unexpected)):
-        raise CheckpointError(_mismatch_report(str(path), type(model).__name__, missing, unexpected, shape_errors))
+        error = CheckpointError(_mismatch_report(str(path), type(model).__name__, missing, unexpected, shape_errors))
+        error.missing, error.unexpected, error.shapes = missing, unexpected, shape_errors
+        raise error
     model.load_state_dict(state, strict=strict)
     return model
 
 
-def _family_filter(model: nn.Module) -> FilterFn | None:
-    from .registry import checkpoint_filter_for  # registry imports this module lazily the other way round
-
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    arch = cfg.get('architecture') if isinstance(cfg, Mapping) else None
-    try:
-        return checkpoint_filter_for(arch) if arch else None
-    except ValueError:
-        return None
-
-
 def _mismatch_report(path: str, model_name: str, missing: list[str], unexpected: list[str], shapes: list[str],
-                     limit: int = 12) -> str:
-    def block(title: str, items: list[str]) -> str:
-        shown = '\n    '.join(items[:limit])
-        more = f'\n    ... and {len(items) - limit} more' if len(items) > limit else ''
-        return f'\n  {title} ({len(items)}):\n    {shown}{more}' if items else ''
+                     limit: int = 4) -> str:
+    """One line: the count of each kind of mismatch and its first ``limit`` keys."""
+    def part(title: str, items: list[str]) -> str:
+        more = f' and {len(items) - limit} more' if len(items) > limit else ''
+        return f'{len(items)} {title} ({"; ".join(items[:limit])}{more})'
 
-    return (f'checkpoint {path!r} does not fit {model_name}:' + block('missing keys', missing)
-            + block('unexpected keys', unexpected) + block('shape mismatches', shapes))
+    parts = [part(t, items) for t, items in (('missing keys', missing), ('unexpected keys', unexpected),
+                                              ('shape mismatches', shapes)) if items]
+    hint = ' (fine-tuning on other classes: create_model(name, num_classes=N, checkpoint_path=...) adapts the head)' \
+        if shapes else ''
+    return f'checkpoint {path!r} does not fit {model_name}: {", ".join(parts)}{hint}'
 
 
 def save_checkpoint(
@@ -219,22 +226,33 @@ def save_checkpoint(
     """
     path = Path(path)
     if path.suffix != '.safetensors':
-        raise ValueError(f'save_checkpoint writes safetensors; name the file *.safetensors, not {path.name!r}')
+        raise VisionmixError(f'save_checkpoint writes safetensors; name the file *.safetensors, not {path.name!r}')
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     tensors = {k: v.detach().to('cpu').contiguous().clone() for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda tmp: save_safetensors(tensors, tmp, metadata=dict(metadata) if metadata else None))
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it: set and restore at once
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     """Write ``path`` all or nothing: ``write(tmp)`` fills a temp file in the same folder, which is flushed to disk
     and renamed over ``path`` (``os.replace`` is atomic). On any error, or a kill, ``path`` keeps its old content and
-    the temp file is removed (on an error) or left as a hidden ``.NAME.*.tmp`` (on a kill)."""
+    the temp file is removed (on an error) or left as a hidden ``.NAME.*.tmp`` (on a kill).
+
+    The file gets the mode a plain ``open(path, 'w')`` would give (0644 under umask 022): ``mkstemp`` creates its
+    temp file 0600, which would make run folders unreadable to anyone else."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, (stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH)
+                 & ~_umask())
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

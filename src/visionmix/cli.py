@@ -1,27 +1,61 @@
-"""The ``visionmix`` command: one thin entry point; each subcommand's work lives in the library."""
+"""The ``visionmix`` command: one thin entry point; each subcommand's work lives in the library.
+
+Every subcommand is one ``_add_<command>`` function (its arguments) and one ``cmd_<command>`` function (parse, call
+the library, print). Errors meant for the user (:class:`~visionmix.errors.VisionmixError`) print ``error: <one
+line>`` and exit 2; anything else is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .registry import FAMILIES, ModelCard, UnknownModelError, list_models, model_card
+from .errors import VisionmixError
+from .registry import FAMILIES, SOURCES, ModelCard, composite_prefixes, list_models, model_card, model_family
+from .reporting import fmt
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
-def _fmt_params(n: int) -> str:
-    return f'{n / 1e6:.2f}M'
+# ------------------------------------------------------------------------------------------------ shared parts
+
+def parse_size(text: str) -> int | tuple[int, int]:
+    """``'224'`` or ``'224x192'`` (H x W); the library checks the sign, so its error is one line."""
+    try:
+        if 'x' in text.lower():
+            h, w = text.lower().split('x')
+            return int(h), int(w)
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected N or HxW, got {text!r}') from None
 
 
-def _fmt(value: float | None, spec: str = '.2f') -> str:
-    return '-' if value is None else format(value, spec)
+def check_output_path(path: str) -> None:
+    """Fail before a long run, not after it, when the output file cannot be written."""
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path('.')
+    if target.is_dir():
+        raise VisionmixError(f'cannot write {path}: it is a directory')
+    if not parent.is_dir():
+        raise VisionmixError(f'cannot write {path}: directory {parent} does not exist')
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise VisionmixError(f'cannot write {path}: permission denied')
 
+
+def _is_main_process() -> bool:
+    """False on the non-zero ranks of a torchrun launch, which stay quiet so every line prints once."""
+    return int(os.environ.get('RANK', '0')) == 0
+
+
+# ------------------------------------------------------------------------------------------------- models, card
 
 def models_table(cards: Sequence[ModelCard]) -> Table:
     table = Table(title=f'visionmix models ({len(cards)})', header_style='bold')
@@ -30,22 +64,45 @@ def models_table(cards: Sequence[ModelCard]) -> Table:
         table.add_column(column, justify=justify, overflow='fold', no_wrap=column in ('name', 'input'))
     for card in cards:
         c, h, w = card.input_size
-        table.add_row(card.name, card.family, card.source, _fmt_params(card.params), _fmt(card.gmacs),
-                      _fmt(card.top1, '.1f'), f'{h}x{w}', card.verified)
+        table.add_row(card.name, card.family, card.source, f'{card.params / 1e6:.2f}M', fmt(card.gmacs),
+                      fmt(card.top1, '.1f'), f'{h}x{w}', card.verified)
     return table
 
 
 def cmd_models(args: argparse.Namespace, console: Console) -> int:
-    names = list_models(args.pattern, family=args.family, source=args.source)
+    names = list_models(args.pattern, family=args.family, source=args.source, include_all=args.all)
     if not names:
         console.print(f'no model matches pattern={args.pattern!r} family={args.family!r}', style='yellow')
         return 1
-    cards = [model_card(n) for n in names]
-    if args.json:
-        print(json.dumps([c.to_dict() for c in cards], indent=2))
+    if args.all and not args.json:  # cards of ~1,400 names would build every model: list names and families
+        table = Table(title=f'every model name ({len(names)}); `visionmix card NAME` for one card', header_style='bold')
+        for column in ('name', 'family'):
+            table.add_column(column)
+        for name in names:
+            table.add_row(name, model_family(name))
+        console.print(table)
+    elif args.json:
+        print(json.dumps([model_card(n).to_dict() for n in names], indent=2))
     else:
-        console.print(models_table(cards))
+        console.print(models_table([model_card(n) for n in names]))
+        specs = '; '.join(f'{p}:... {h}' for p, h in composite_prefixes().items())
+        if specs:
+            console.print(f'composite specs: {specs}', highlight=False)
     return 0
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser('models', help='list models with their card facts',
+                       description='List the curated models (ours and the reviewed timm / torchvision ones) with '
+                                   'family, params, GMACs, published top-1, input size and what our tests verified. '
+                                   'Every other timm name (and tv:NAME for torchvision) works too: --all lists them.')
+    p.add_argument('pattern', nargs='?', default=None,
+                   help="wildcard ('hire_*') or substring ('mlp') to filter names; default: all")
+    p.add_argument('--family', choices=FAMILIES, help='keep one family')
+    p.add_argument('--source', choices=SOURCES, help='keep one implementation source')
+    p.add_argument('--all', action='store_true', help='every timm and torchvision (tv:) name, not only the curated')
+    p.add_argument('--json', action='store_true', help='print the cards as JSON instead of a table')
+    p.set_defaults(func=cmd_models)
 
 
 def cmd_card(args: argparse.Namespace, console: Console) -> int:
@@ -62,38 +119,26 @@ def cmd_card(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _img_size(text: str) -> int | tuple[int, int]:
-    """'224' or '224x192' (H x W); checked for sign by the library, so the error is one line."""
-    try:
-        if 'x' in text.lower():
-            h, w = text.lower().split('x')
-            return int(h), int(w)
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected N or HxW, got {text!r}') from None
+def _add_card(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser('card', help="print one model's card",
+                       description='Print every field of a model card: paper, official code and commit, params, '
+                                   'GMACs and counter, published top-1, input size, mean/std, license, verified.')
+    p.add_argument('name', help='model name or spec')
+    p.add_argument('--json', action='store_true', help='print as JSON')
+    p.set_defaults(func=cmd_card)
 
 
-def _check_output(path: str) -> None:
-    """Fail before a long run, not after it, when the output file cannot be written."""
-    target = Path(path)
-    parent = target.parent if str(target.parent) else Path('.')
-    if target.is_dir():
-        raise ValueError(f'cannot write {path}: it is a directory')
-    if not parent.is_dir():
-        raise ValueError(f'cannot write {path}: directory {parent} does not exist')
-    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise ValueError(f'cannot write {path}: permission denied')
-
+# ------------------------------------------------------------------------------------------------------ profile
 
 def cmd_profile(args: argparse.Namespace, console: Console) -> int:
     from .profile import compare_speed, profile_models
     from .profile.report import FORMATS, comparison_table, format_for_path, plot_profiles, profile_table, render
 
     if args.format is not None and args.format not in FORMATS:
-        raise ValueError(f'unknown format {args.format!r}; choose from {", ".join(FORMATS)}')
+        raise VisionmixError(f'unknown format {args.format!r}; choose from {", ".join(FORMATS)}')
     for path in (args.output, args.plot):
         if path is not None:
-            _check_output(path)
+            check_output_path(path)
     file_format = format_for_path(args.output, args.format) if args.output else None
     for name in [*args.models, *([args.vs] if args.vs else [])]:
         model_card(name)  # unknown names fail before any model is built
@@ -117,133 +162,18 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
         if args.plot:
             console.print(f'wrote {plot_profiles(items, args.plot)}', highlight=False)
     except OSError as e:
-        raise ValueError(f'cannot write output: {e}') from None
+        raise VisionmixError(f'cannot write output: {e}') from None
     return 0
 
 
-def _overrides(args: argparse.Namespace) -> dict:
-    from .engine.config import parse_overrides
-
-    out = parse_overrides(getattr(args, 'set', None))
-    for key in ('model', 'dataset', 'epochs', 'batch_size', 'lr', 'seed', 'output', 'threads', 'workers'):
-        value = getattr(args, key, None)
-        if value is not None:
-            out[key] = value
-    if getattr(args, 'img_size', None) is not None:
-        out['img_size'] = args.img_size
-    for flag in ('channels_last', 'compile', 'skip_corrupt'):
-        value = getattr(args, flag, False)
-        if value:
-            out[flag] = value  # True, or for --compile a backend name
-    return out
-
-
-def cmd_train(args: argparse.Namespace, console: Console) -> int:
-    from .engine.config import load_config
-    from .engine.train import train
-
-    if args.resume:
-        if args.config or _overrides(args):
-            raise ValueError('--resume continues a run with its saved recipe; drop the other options')
-        result = train(resume=args.resume, console=console)
-    else:
-        cfg = load_config(args.config, _overrides(args))
-        model_card(cfg.model)  # unknown names fail before the data is loaded
-        result = train(cfg, console=console)
-    label = {'top1': 'top-1', 'dice': 'Dice'}.get(result.metric, result.metric)
-    console.print(f'{result.run_dir}: {label} {result.score:.2f}% after {result.epochs_done} epochs (best '
-                  f'{result.best_score:.2f}% at epoch {result.best_epoch})', highlight=False)
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace, console: Console) -> int:
-    from .engine.evaluate import run_eval
-
-    res = run_eval(args.checkpoint, dataset=args.dataset, output=args.output, batch_size=args.batch_size,
-                   skip_corrupt=args.skip_corrupt)
-    if args.json:
-        print(json.dumps({k: v for k, v in res.items() if k != 'confusion'}, indent=2))
-        return 0
-    table = Table(title=f'{res["model"]} on {res["dataset"]} ({res["num_images"]} images)', header_style='bold')
-    table.add_column('class')
-    if res.get('task') == 'segmentation':
-        table.add_column('Dice %', justify='right')
-        table.add_column('IoU %', justify='right')
-        for name, m in res['per_class'].items():
-            table.add_row(name, f'{m["dice"]:.2f}', f'{m["iou"]:.2f}')
-        console.print(table)
-        console.print(f'Dice {res["dice"]:.2f}%  IoU {res["iou"]:.2f}%  loss {res["loss"]:.4f}', highlight=False)
-        console.print(f'wrote {", ".join(res["files"])}', highlight=False)
-        return 0
-    table.add_column('accuracy %', justify='right')
-    for name, acc in res['per_class'].items():
-        table.add_row(name, f'{acc:.2f}')
-    console.print(table)
-    console.print(f'top-1 {res["top1"]:.2f}%  top-5 {res["top5"]:.2f}%  loss {res["loss"]:.4f}', highlight=False)
-    console.print(f'wrote {", ".join(res["files"])}', highlight=False)
-    return 0
-
-
-def cmd_predict(args: argparse.Namespace, console: Console) -> int:
-    from .engine.evaluate import predict
-
-    results = predict(args.checkpoint, args.images, topk=args.topk, output=args.output)
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    for r in results:
-        if 'mask' in r:  # a segmentation checkpoint
-            shares = ', '.join(f'{c} {100 * f:.1f}%' for c, f in r['foreground'].items())
-            console.print(f'{r["image"]}: {r["mask"]} ({shares} of pixels)', highlight=False, markup=False)
-            continue
-        tops = ', '.join(f'{t["label"]} {100 * t["prob"]:.1f}%' for t in r['top'])
-        console.print(f'{r["image"]}: {tops}', highlight=False, markup=False)
-    return 0
-
-
-def cmd_compare(args: argparse.Namespace, console: Console) -> int:
-    from .engine.compare import command_line, compare, parse_model_arg
-    from .engine.config import parse_overrides
-
-    entries = [parse_model_arg(m) for m in args.models] if args.models else None
-    compare(entries, dataset=args.dataset, epochs=args.epochs, seeds=args.seeds, img_size=args.img_size,
-            config=args.config, overrides=parse_overrides(args.set), output=args.output,
-            profile=not args.no_profile, console=console, command=command_line())
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='visionmix',
-        description='Vision backbones as spatial mixing + channel mixing: list, measure, train and fairly compare '
-                    'MLP, attention, convolution and hybrid models.')
-    parser.add_argument('--version', action='version', version=f'visionmix {__version__}')
-    sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
-
-    p = sub.add_parser('models', help='list registered models with their card facts',
-                       description='List registered models (ours and the timm / torchvision pass-throughs) with '
-                                   'family, params, GMACs, published top-1, input size and what our tests verified.')
-    p.add_argument('pattern', nargs='?', default=None,
-                   help="wildcard ('hire_*') or substring ('mlp') to filter names; default: all")
-    p.add_argument('--family', choices=FAMILIES, help='keep one family')
-    p.add_argument('--source', choices=('visionmix', 'timm', 'torchvision'), help='keep one implementation source')
-    p.add_argument('--json', action='store_true', help='print the cards as JSON instead of a table')
-    p.set_defaults(func=cmd_models)
-
-    p = sub.add_parser('card', help="print one model's card",
-                       description='Print every field of a model card: paper, official code and commit, params, '
-                                   'GMACs and counter, published top-1, input size, mean/std, license, verified.')
-    p.add_argument('name', help='registered model name')
-    p.add_argument('--json', action='store_true', help='print as JSON')
-    p.set_defaults(func=cmd_card)
-
+def _add_profile(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser('profile', help='measure params, MACs, speed and memory of models',
                        description='Measure parameters, MACs (vs the card), inference latency and throughput, '
                                    'training-step throughput, peak memory and achieved GFLOP/s (vs this machine\'s '
                                    'GEMM peak). With --vs, time two models interleaved and report per-pair ratios.')
-    p.add_argument('models', nargs='+', metavar='MODEL', help='registered model name(s)')
+    p.add_argument('models', nargs='+', metavar='MODEL', help='model name(s) or spec(s)')
     p.add_argument('--vs', metavar='MODEL', help='compare each MODEL against this one, interleaved A B A B')
-    p.add_argument('--img-size', type=_img_size, metavar='N|HxW', help="input size; default: the card's")
+    p.add_argument('--img-size', type=parse_size, metavar='N|HxW', help="input size; default: the card's")
     p.add_argument('--batch-size', type=int, default=8, help='batch for throughput, training and memory (default 8)')
     p.add_argument('--threads', type=int, help='torch threads (default: current torch setting)')
     p.add_argument('--channels-last', action='store_true', help='channels-last memory format')
@@ -259,16 +189,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--plot', metavar='FILE.png', help='plot GMACs and params vs img/s to a PNG')
     p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser('train', help='train one model with the DeiT/SPACH recipe (timm parts), resumable',
-                       description='Train a registered model on a local dataset (digits, synthetic, folder:PATH, '
-                                   'cifar10:PATH, cifar100:PATH; segmentation models on synthetic-seg or '
-                                   'segfolder:PATH) with a YAML recipe plus overrides. Writes the run directory: '
-                                   'config.yaml, metrics.csv, curves.png, last/best.safetensors, checkpoints/ for '
-                                   '--resume. Under torchrun it trains with DDP.')
+
+# --------------------------------------------------------------------------------------------------------- train
+
+def _overrides(args: argparse.Namespace) -> dict:
+    from .engine.config import parse_overrides
+
+    out = parse_overrides(getattr(args, 'set', None))
+    for key in ('model', 'dataset', 'epochs', 'batch_size', 'lr', 'seed', 'output', 'threads', 'workers',
+                'img_size'):
+        value = getattr(args, key, None)
+        if value is not None:
+            out[key] = value
+    for flag in ('channels_last', 'compile', 'skip_corrupt'):
+        value = getattr(args, flag, False)
+        if value:
+            out[flag] = value  # True, or for --compile a backend name
+    return out
+
+
+def cmd_train(args: argparse.Namespace, console: Console) -> int:
+    from .engine.config import load_config
+    from .engine.train import last_finished_epoch, train
+
+    if args.resume:
+        if args.config or _overrides(args):
+            raise VisionmixError('--resume continues a run with its saved recipe; drop the other options')
+        run_dir = args.resume
+        run = lambda: train(resume=args.resume, console=console)  # noqa: E731
+    else:
+        cfg = load_config(args.config, _overrides(args))
+        model_card(cfg.model)  # unknown names fail before the data is loaded
+        run_dir = cfg.output
+        run = lambda: train(cfg, console=console)  # noqa: E731
+    try:
+        result = run()
+    except KeyboardInterrupt:
+        if _is_main_process():
+            done = last_finished_epoch(run_dir)
+            where = f'after epoch {done}' if done else 'before the first epoch finished'
+            resume = f'; resume with `visionmix train --resume {run_dir}`' if done else ''
+            console.print(f'interrupted {where}{resume}', style='yellow', highlight=False, soft_wrap=True)
+        return EXIT_INTERRUPTED
+    if _is_main_process():
+        label = {'top1': 'top-1', 'dice': 'Dice'}.get(result.metric, result.metric)
+        console.print(f'{result.run_dir}: {label} {result.score:.2f}% after {result.epochs_done} epochs (best '
+                      f'{result.best_score:.2f}% at epoch {result.best_epoch})', highlight=False)
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .data import dataset_specs
+
+    p = sub.add_parser('train', help='train one model with a recipe of timm parts, resumable',
+                       description='Train a model on a local dataset with a YAML recipe plus overrides. Writes the '
+                                   'run directory: config.yaml, metrics.csv, curves.png, last/best.safetensors, '
+                                   'checkpoints/ for --resume. Under torchrun it trains with DDP.')
     p.add_argument('--config', metavar='FILE.yaml', help='recipe file (see configs/digits.yaml)')
-    p.add_argument('--model', help='registered model name')
-    p.add_argument('--dataset', help='digits | synthetic[:N] | folder:PATH | cifar10:PATH | cifar100:PATH; '
-                                     'segmentation: synthetic-seg[:N] | segfolder:PATH')
+    p.add_argument('--model', help='model name or spec')
+    p.add_argument('--dataset', help=' | '.join(dataset_specs()))
     p.add_argument('--epochs', type=int)
     p.add_argument('--batch-size', type=int, help='global batch size')
     p.add_argument('--lr', type=float)
@@ -288,6 +267,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--resume', metavar='RUN_DIR', help='continue an interrupted run exactly')
     p.set_defaults(func=cmd_train)
 
+
+# ------------------------------------------------------------------------------------------------ eval, predict
+
+def cmd_eval(args: argparse.Namespace, console: Console) -> int:
+    from .engine.evaluate import run_eval
+
+    res = run_eval(args.checkpoint, dataset=args.dataset, output=args.output, batch_size=args.batch_size,
+                   skip_corrupt=args.skip_corrupt)
+    if args.json:
+        print(json.dumps({k: v for k, v in res.items() if k != 'confusion'}, indent=2))
+        return 0
+    table = Table(title=f'{res["model"]} on {res["dataset"]} ({res["num_images"]} images)', header_style='bold')
+    table.add_column('class')
+    if res.get('task') == 'segmentation':
+        table.add_column('Dice %', justify='right')
+        table.add_column('IoU %', justify='right')
+        for name, m in res['per_class'].items():
+            table.add_row(name, f'{m["dice"]:.2f}', f'{m["iou"]:.2f}')
+        summary = f'Dice {res["dice"]:.2f}%  IoU {res["iou"]:.2f}%  loss {res["loss"]:.4f}'
+    else:
+        table.add_column('accuracy %', justify='right')
+        for name, acc in res['per_class'].items():
+            table.add_row(name, f'{acc:.2f}')
+        summary = f'top-1 {res["top1"]:.2f}%  top-5 {res["top5"]:.2f}%  loss {res["loss"]:.4f}'
+    console.print(table)
+    console.print(summary, highlight=False)
+    console.print(f'wrote {", ".join(res["files"])}', highlight=False)
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser('eval', help='evaluate a trained checkpoint: top-1/top-5, per-class, confusion matrix',
                        description='Evaluate a visionmix train checkpoint (a run directory or .safetensors) on the '
                                    'val split; writes eval.json and confusion.png (segmentation: Dice and IoU in '
@@ -300,6 +310,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--json', action='store_true', help='print the results as JSON')
     p.set_defaults(func=cmd_eval)
 
+
+def cmd_predict(args: argparse.Namespace, console: Console) -> int:
+    from .engine.evaluate import predict
+
+    results = predict(args.checkpoint, args.images, topk=args.topk, output=args.output)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        if 'mask' in r:  # a segmentation checkpoint
+            shares = ', '.join(f'{c} {100 * f:.1f}%' for c, f in r['foreground'].items())
+            console.print(f'{r["image"]}: {r["mask"]} ({shares} of pixels)', highlight=False, markup=False)
+            continue
+        tops = ', '.join(f'{t["label"]} {100 * t["prob"]:.1f}%' for t in r['top'])
+        console.print(f'{r["image"]}: {tops}', highlight=False, markup=False)
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser('predict', help='top-k classes (or masks) of images with a trained checkpoint',
                        description="Classify image files with a visionmix train checkpoint: top-k classes and "
                                    "probabilities, class names from the checkpoint, preprocessing from the model's "
@@ -313,14 +342,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--json', action='store_true', help='print the results as JSON')
     p.set_defaults(func=cmd_predict)
 
+
+# ------------------------------------------------------------------------------------------------------ compare
+
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from .engine.compare import command_line, compare, parse_model_arg
+    from .engine.config import parse_overrides
+
+    entries = [parse_model_arg(m) for m in args.models] if args.models else None
+    compare(entries, dataset=args.dataset, epochs=args.epochs, seeds=args.seeds, img_size=args.img_size,
+            config=args.config, overrides=parse_overrides(args.set), output=args.output,
+            profile=not args.no_profile, console=console, command=command_line())
+    return 0
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser('compare', help='train and profile models under one recipe; write a report',
                        description='The fair comparison: every model gets the identical recipe, data, budget and '
                                    'seeds, is profiled at the training input size, and lands in one report '
                                    '(report.md, results.json/csv, Pareto plots, curves). Without --models it runs '
-                                   'the embedded SPACH-style study on digits. Re-run to resume.')
+                                   'the embedded SPACH-style study. Re-run to resume.')
     p.add_argument('--models', nargs='+', metavar='MODEL',
-                   help="default-study labels, registry names, or NAME:'{yaml kwargs}'")
-    p.add_argument('--dataset', help='dataset spec (default digits)')
+                   help="default-study labels, model names or specs, or NAME:'{yaml kwargs}'")
+    p.add_argument('--dataset', help='dataset spec (default: the study\'s)')
     p.add_argument('--epochs', type=int)
     p.add_argument('--seeds', type=int, nargs='+', help='seeds (default: 0)')
     p.add_argument('--img-size', type=int)
@@ -329,6 +373,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--output', default='runs/compare', help='report directory (default runs/compare)')
     p.add_argument('--no-profile', action='store_true', help='skip profiling (no params/MACs/img/s columns)')
     p.set_defaults(func=cmd_compare)
+
+
+# ---------------------------------------------------------------------------------------------------------- main
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_models, _add_card, _add_profile, _add_train, _add_eval, _add_predict, _add_compare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='visionmix',
+        description='Vision backbones as spatial mixing + channel mixing: list, measure, train and fairly compare '
+                    'MLP, attention, convolution and hybrid models.')
+    parser.add_argument('--version', action='version', version=f'visionmix {__version__}')
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 
@@ -338,9 +399,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=200)
     try:
         return args.func(args, console)
-    except (UnknownModelError, ValueError) as e:
-        console.print(f'error: {e}', style='red', markup=False, highlight=False, soft_wrap=True)  # one line
-        return 2
+    except VisionmixError as e:  # only errors meant for the user: anything else is a bug and shows its traceback
+        message = ' '.join(line.strip() for line in str(e).splitlines() if line.strip())
+        console.print(f'error: {message}', style='red', markup=False, highlight=False, soft_wrap=True)
+        return EXIT_USER_ERROR
 
 
 if __name__ == '__main__':

@@ -6,6 +6,7 @@ import timm
 import torch
 
 import visionmix
+from visionmix.checkpoint import unwrap_state_dict
 from official_keys import read_official_keys
 from visionmix.layers.hire import hire_step
 from visionmix.models.hire_mlp import HireMlpNet, checkpoint_filter_fn
@@ -116,7 +117,7 @@ def test_filter_maps_every_official_key():
     official = random_official_state()
     with torch.device('meta'):
         model = visionmix.create_model(TINY)
-    ours = checkpoint_filter_fn({'model': official}, model)
+    ours = checkpoint_filter_fn(unwrap_state_dict({'model': official}), model)
     assert len(ours) == len(official) == 415
     assert sorted(ours) == sorted(model.state_dict())
     assert ours['stages.2.blocks.3.token_mixer.height.fc1.weight'] is official['network.4.3.attn.mlp_h1.weight']

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import visionmix
+from visionmix.checkpoint import unwrap_state_dict
 from official_keys import read_official_keys
 from visionmix.layers.bridge import Former, FormerToMobile, MobileToFormer
 from visionmix.models.mobile_former import ConvBn, MobileFormer, channel_shuffle, checkpoint_filter_fn
@@ -75,7 +76,8 @@ def test_macs(name):
 
 def test_official_layout_loads_strict(small):
     official = random_official_state()
-    ours = checkpoint_filter_fn({'state_dict': {f'module.{k}': v for k, v in official.items()}}, small)
+    ours = checkpoint_filter_fn(unwrap_state_dict({'state_dict': {f'module.{k}': v for k, v in official.items()}}),
+                                small)
     assert len(ours) == len(official) == 460
     model = visionmix.create_model(SMALL)
     model.load_state_dict(ours, strict=True)
@@ -178,8 +180,11 @@ def test_head_shapes(small):
     features = small.forward_features(x)
     assert features.shape[1] == small.num_features == 96 * 6 + 128
     assert small.forward_head(features, pre_logits=True).shape == (2, 1024) and small.head_hidden_size == 1024
-    headless = visionmix.create_model(SMALL, num_classes=0)
-    assert headless.head_hidden_size == headless.num_features and headless.head.fc is None
+    # timm's convention: num_classes=0 drops only the classifier, so forward gives the pre-logits vector
+    headless = visionmix.create_model(SMALL, num_classes=0).eval()
+    assert headless.head_hidden_size == 1024 and headless(x).shape == (2, 1024)
+    unpooled = visionmix.create_model(SMALL, num_classes=0, global_pool='').eval()
+    assert unpooled.head.fc is None and unpooled(x).shape == features.shape
 
 
 def test_channel_shuffle_order():

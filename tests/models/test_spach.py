@@ -7,6 +7,7 @@ import timm
 import torch
 
 import visionmix
+from visionmix.checkpoint import unwrap_state_dict
 from official_keys import read_official_keys
 from visionmix.layers.mixing import create_spatial_func
 from visionmix.models.hire_mlp import HireMlpNet
@@ -106,7 +107,7 @@ def test_official_layout_loads_strict(name, tmp_path):
 def test_filter_passes_our_layout_through():
     model = visionmix.create_model('spach_ms_xxs_patch4_224_attn')
     sd = model.state_dict()
-    out = checkpoint_filter_fn({'model': sd}, model)
+    out = checkpoint_filter_fn(unwrap_state_dict({'model': sd}), model)
     assert out.keys() == sd.keys() and all(out[k] is sd[k] for k in sd)
 
 

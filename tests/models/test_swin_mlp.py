@@ -6,6 +6,7 @@ import timm
 import torch
 
 import visionmix
+from visionmix.checkpoint import unwrap_state_dict
 from official_keys import read_official_keys
 from visionmix.models.swin_mlp import SwinMlp, checkpoint_filter_fn
 from visionmix.profile import count_macs, count_params
@@ -116,7 +117,7 @@ def test_filter_passes_our_layout_through(tiny):
     sd = tiny.state_dict()
     out = checkpoint_filter_fn(sd, tiny)
     assert out.keys() == sd.keys() and all(out[k] is sd[k] for k in sd)
-    assert checkpoint_filter_fn({'model': sd}, tiny).keys() == sd.keys()
+    assert checkpoint_filter_fn(unwrap_state_dict({'model': sd}), tiny).keys() == sd.keys()
 
 
 @pytest.mark.parametrize('H, W', [(97, 61), (33, 45), (32, 32), (64, 200)])

@@ -13,7 +13,7 @@ from timm.models._features_fx import create_feature_extractor, get_graph_node_na
 
 import visionmix
 from official_keys import read_official_keys
-from visionmix.checkpoint import load_checkpoint, save_checkpoint
+from visionmix.checkpoint import load_checkpoint, save_checkpoint, unwrap_state_dict
 from visionmix.layers.shift import axial_shift
 from visionmix.models.unext import UNeXt, checkpoint_filter_fn
 from visionmix.profile import count_macs, count_params
@@ -80,7 +80,7 @@ def test_official_layout_loads_strict(name, tmp_path):
     official = {k: (torch.tensor(7) if k.endswith('tracked') else torch.randn(s)) for k, s in shapes.items()}
     with torch.device('meta'):
         meta = visionmix.create_model(name)
-    mapped = checkpoint_filter_fn({f'module.{k}': v for k, v in official.items()}, meta)
+    mapped = checkpoint_filter_fn(unwrap_state_dict({f'module.{k}': v for k, v in official.items()}), meta)
     assert len(mapped) == len(official) == 101
     path = tmp_path / 'model.pth'
     torch.save(official, path)  # the official training saves a bare state_dict

@@ -1,94 +1,106 @@
-"""Dataset specs -> (train, val) datasets of PIL images; transforms are applied by the caller's ``transform``."""
+"""Dataset specs -> (train, val) datasets; transforms are applied by the caller's ``transform``.
+
+A spec is ``KIND`` or ``KIND:ARG``. Each kind is registered once in :data:`DATASET_KINDS` with the task its data
+serves, what its argument is (none, an optional count ``N``, or a required ``PATH``) and its builder, so parsing,
+validation, ``--help`` texts and the task check all read one table.
+"""
 from __future__ import annotations
 
 import codecs
 import functools
 import pickle
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from PIL import Image
 
-__all__ = ['DATASET_SPECS', 'DataError', 'DatasetInfo', 'ImageListDataset', 'build_datasets', 'check_images',
-           'dataset_task',
-           'parse_spec']
+from .base import IMG_EXTENSIONS, DataError, DatasetInfo, ImageListDataset, check_images
+from .segmentation import build_segfolder, build_synthetic_seg
+from .synthetic import build_synthetic
 
-DATASET_SPECS = ('digits', 'synthetic[:N]', 'folder:PATH', 'cifar10:PATH', 'cifar100:PATH', 'synthetic-seg[:N]',
-                 'segfolder:PATH')
-SEGMENTATION_KINDS = ('synthetic-seg', 'segfolder')
-IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
+__all__ = ['DATASET_KINDS', 'DatasetKind', 'build_datasets', 'dataset_task', 'parse_spec', 'dataset_specs',
+           'register_dataset', 'load_digits_arrays']
+
 DIGITS_VAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
+Splits = tuple[Any, Any, DatasetInfo]
 
 
-class DataError(ValueError):
-    """A dataset that cannot be used as asked: unknown spec, missing or empty folders, unreadable images."""
+@dataclass(frozen=True)
+class DatasetKind:
+    """One kind of dataset spec.
 
+    Attributes:
+        name: The ``KIND`` part of the spec.
+        task: The task its items serve: ``'classification'``, ``'segmentation'``, ``'instance'``, ...
+        arg: ``''`` (no argument), ``'N'`` (an optional positive count of training images) or ``'PATH'`` (required).
+        build: ``build(arg, img_size, skip_corrupt) -> (train, val, info)``; ``arg`` is an int for ``'N'`` kinds.
+        help: One line for ``--help``.
+    """
 
-@dataclass
-class DatasetInfo:
-    """What was loaded: the spec, class names, split sizes and skipped (corrupt) files."""
-
-    spec: str
-    classes: list[str]
-    num_train: int
-    num_val: int
-    skipped: list[str] = field(default_factory=list)
-    description: str = ''
-    task: str = 'classification'  # or 'segmentation': classes are then the output maps
+    name: str
+    task: str
+    arg: str
+    build: Callable[[Any, int, bool], Splits]
+    help: str
 
     @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+    def usage(self) -> str:
+        return {'': self.name, 'N': f'{self.name}[:N]', 'PATH': f'{self.name}:PATH'}[self.arg]
 
 
-class ImageListDataset(Dataset):
-    """Images held in memory as a uint8 array (N, H, W, 3), or as files; returns ``(transform(PIL image), label)``."""
-
-    def __init__(self, images: np.ndarray | Sequence[str], labels: Sequence[int], classes: Sequence[str],
-                 transform: Callable[[Image.Image], Any] | None = None) -> None:
-        self.images = images
-        self.targets = [int(t) for t in labels]
-        self.classes = list(classes)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def load(self, index: int) -> Image.Image:
-        item = self.images[index]
-        if isinstance(item, np.ndarray):
-            return Image.fromarray(item, 'RGB')
-        try:
-            with Image.open(item) as img:
-                return img.convert('RGB')
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise DataError(f'cannot read image {item}: {e}') from None
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        img = self.load(index)
-        return (self.transform(img) if self.transform else img), self.targets[index]
+DATASET_KINDS: dict[str, DatasetKind] = {}
 
 
-def parse_spec(spec: str) -> tuple[str, str | None]:
-    """``'folder:/data'`` -> ``('folder', '/data')``; raises :class:`DataError` for unknown kinds."""
+def register_dataset(kind: DatasetKind) -> DatasetKind:
+    """Add a dataset kind (a new embedded set or file layout) to every command that takes ``--dataset``."""
+    if kind.name in DATASET_KINDS:
+        raise ValueError(f'dataset kind {kind.name!r} is already registered')
+    if kind.arg not in ('', 'N', 'PATH'):
+        raise ValueError(f'dataset kind {kind.name!r}: arg must be "", "N" or "PATH", got {kind.arg!r}')
+    DATASET_KINDS[kind.name] = kind
+    return kind
+
+
+def dataset_specs(task: str | None = None) -> list[str]:
+    """Usage strings of the registered kinds (of one task)."""
+    return [k.usage for k in DATASET_KINDS.values() if task is None or k.task == task]
+
+
+def parse_spec(spec: str) -> tuple[DatasetKind, Any]:
+    """``'folder:/data'`` -> (the ``folder`` kind, ``'/data'``); ``'synthetic:500'`` -> (kind, 500).
+
+    Raises:
+        DataError: Unknown kind, a missing path, or a count that is not a positive integer.
+    """
+    usage = ', '.join(dataset_specs())
     if not isinstance(spec, str) or not spec:
-        raise DataError(f'dataset spec must be a non-empty string, got {spec!r}; use one of {", ".join(DATASET_SPECS)}')
-    kind, _, arg = spec.partition(':')
-    kind = kind.lower()
-    if kind == 'digits' and not arg:
-        return kind, None
-    if kind in ('synthetic', 'synthetic-seg'):
-        return kind, arg or None
-    if kind in ('folder', 'cifar10', 'cifar100', 'segfolder'):
+        raise DataError(f'dataset spec must be a non-empty string, got {spec!r}; use one of {usage}')
+    name, sep, arg = spec.partition(':')
+    kind = DATASET_KINDS.get(name.lower())
+    if kind is None:
+        raise DataError(f'unknown dataset {spec!r}; use one of {usage}')
+    if kind.arg == 'PATH':
         if not arg:
-            raise DataError(f'dataset {spec!r} needs a path: {kind}:PATH')
+            raise DataError(f'dataset {spec!r} needs a path: {kind.usage}')
         return kind, arg
-    raise DataError(f'unknown dataset {spec!r}; use one of {", ".join(DATASET_SPECS)}')
+    if kind.arg == '':
+        if sep:
+            raise DataError(f'dataset {kind.name!r} takes no argument, got {spec!r}')
+        return kind, None
+    if not sep:
+        return kind, None
+    if not (arg.isdigit() and int(arg) > 0):
+        raise DataError(f'{kind.usage} needs a positive integer N, got {arg!r}')
+    return kind, int(arg)
+
+
+def dataset_task(spec: str) -> str:
+    """The task a dataset spec's items serve (``'classification'``, ``'segmentation'``, ...)."""
+    return parse_spec(spec)[0].task
 
 
 def _upscale(images: np.ndarray, size: int) -> np.ndarray:
@@ -109,25 +121,6 @@ def load_digits_arrays(img_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.n
     x_train, x_val, y_train, y_val = train_test_split(
         images, digits.target, test_size=DIGITS_VAL_FRACTION, random_state=DIGITS_SPLIT_SEED, stratify=digits.target)
     return _upscale(x_train, img_size), y_train, _upscale(x_val, img_size), y_val
-
-
-def check_images(files: Sequence[str], skip_corrupt: bool = False) -> tuple[list[int], list[str]]:
-    """Open every file once. Returns (indices of good files, corrupt files); without ``skip_corrupt`` the first
-    corrupt file raises :class:`DataError` naming it."""
-    good, bad = [], []
-    for i, path in enumerate(files):
-        try:
-            with Image.open(path) as img:
-                img.verify()
-            with Image.open(path) as img:  # verify() does not decode; a truncated file only fails on load
-                img.load()
-            good.append(i)
-        except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
-            if not skip_corrupt:
-                raise DataError(f'cannot read image {path}: {type(e).__name__}: {e} '
-                                f'(pass --skip-corrupt to skip and count such files)') from None
-            bad.append(str(path))
-    return good, bad
 
 
 def _scan_split(root: Path) -> tuple[list[str], dict[str, list[str]]]:
@@ -292,61 +285,48 @@ def _cifar(kind: str, path: str) -> tuple[ImageListDataset, ImageListDataset, Da
     return splits[0], splits[1], info
 
 
-def dataset_task(spec: str) -> str:
-    """``'segmentation'`` for the mask datasets (synthetic-seg, segfolder), else ``'classification'``."""
-    return 'segmentation' if parse_spec(spec)[0] in SEGMENTATION_KINDS else 'classification'
+def _digits(arg: None, img_size: int, skip_corrupt: bool) -> Splits:
+    x_train, y_train, x_val, y_val = load_digits_arrays(img_size)
+    classes = [str(i) for i in range(10)]
+    train, val = ImageListDataset(x_train, y_train, classes), ImageListDataset(x_val, y_val, classes)
+    info = DatasetInfo('digits', classes, len(train), len(val),
+                       description='scikit-learn digits (8x8, 1797 images), bilinear-upscaled to '
+                                   f'{img_size}x{img_size} RGB, stratified 80/20 split (random_state=0)')
+    return train, val, info
+
+
+for _kind in (
+    DatasetKind('digits', 'classification', '', _digits, "scikit-learn's 1,797 8x8 digits, upscaled"),
+    DatasetKind('synthetic', 'classification', 'N',
+                lambda n, size, skip: build_synthetic(img_size=size, num_train=n), 'generated shapes x arrangement'),
+    DatasetKind('folder', 'classification', 'PATH', lambda path, size, skip: _folder(path, skip),
+                'ImageFolder tree PATH/train/<class>/, PATH/val/<class>/'),
+    DatasetKind('cifar10', 'classification', 'PATH', lambda path, size, skip: _cifar('cifar10', path),
+                'local CIFAR-10 python batches'),
+    DatasetKind('cifar100', 'classification', 'PATH', lambda path, size, skip: _cifar('cifar100', path),
+                'local CIFAR-100 python batches'),
+    DatasetKind('synthetic-seg', 'segmentation', 'N',
+                lambda n, size, skip: build_synthetic_seg(img_size=size, num_train=n), 'generated shapes with masks'),
+    DatasetKind('segfolder', 'segmentation', 'PATH', lambda path, size, skip: build_segfolder(path, skip),
+                'UNeXt layout PATH/images/, PATH/masks/0/'),
+):
+    register_dataset(_kind)
 
 
 def build_datasets(spec: str, img_size: int = 32, skip_corrupt: bool = False, limit: int | None = None,
-                   ) -> tuple[Any, Any, DatasetInfo]:
+                   ) -> Splits:
     """Build (train, val, info) for a dataset spec; set ``.transform`` on the returned datasets.
 
-    Classification specs give :class:`ImageListDataset` splits; ``synthetic-seg`` and ``segfolder`` give
-    :class:`~visionmix.data.segmentation.SegmentationDataset` splits (``info.task == 'segmentation'``).
-
     Args:
-        spec: See :data:`DATASET_SPECS`.
-        img_size: Side of the embedded datasets' images (digits, synthetic, synthetic-seg); other datasets keep
-            their size.
+        spec: ``KIND[:ARG]``, see :func:`dataset_specs`.
+        img_size: Side of the embedded datasets' images (digits, synthetic, ...); file datasets keep their size.
         skip_corrupt: Skip unreadable images (counted in ``info.skipped``) instead of raising.
         limit: Keep at most this many training images (the first ones of a fixed shuffle), for quick runs.
     """
     kind, arg = parse_spec(spec)
-    if kind == 'digits':
-        x_train, y_train, x_val, y_val = load_digits_arrays(img_size)
-        classes = [str(i) for i in range(10)]
-        train, val = ImageListDataset(x_train, y_train, classes), ImageListDataset(x_val, y_val, classes)
-        info = DatasetInfo('digits', classes, len(train), len(val),
-                           description='scikit-learn digits (8x8, 1797 images), bilinear-upscaled to '
-                                       f'{img_size}x{img_size} RGB, stratified 80/20 split (random_state=0)')
-    elif kind == 'synthetic':
-        from .synthetic import build_synthetic
-
-        try:
-            n = int(arg) if arg else None
-        except ValueError:
-            raise DataError(f'synthetic:N needs an integer N, got {arg!r}') from None
-        train, val, info = build_synthetic(img_size=img_size, num_train=n)
-    elif kind == 'synthetic-seg':
-        from .segmentation import build_synthetic_seg
-
-        if arg is not None and not (arg.isdigit() and int(arg) > 0):
-            raise DataError(f'synthetic-seg:N needs a positive integer N, got {arg!r}')
-        train, val, info = build_synthetic_seg(img_size=img_size, num_train=int(arg) if arg else None)
-    elif kind == 'segfolder':
-        from .segmentation import build_segfolder
-
-        train, val, info = build_segfolder(arg, skip_corrupt)
-    elif kind == 'folder':
-        train, val, info = _folder(arg, skip_corrupt)
-    else:
-        train, val, info = _cifar(kind, arg)
+    train, val, info = kind.build(arg, img_size, skip_corrupt)
+    info.task = kind.task
     if limit is not None and limit < len(train):
-        order = np.random.default_rng(0).permutation(len(train))[:limit]
-        if hasattr(train, 'subset'):  # a SegmentationDataset
-            train = train.subset(order)
-        else:
-            images = train.images[order] if isinstance(train.images, np.ndarray) else [train.images[i] for i in order]
-            train = ImageListDataset(images, [train.targets[i] for i in order], train.classes)
+        train = train.subset(np.random.default_rng(0).permutation(len(train))[:limit])
         info.num_train = len(train)
     return train, val, info

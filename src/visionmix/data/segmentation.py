@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .datasets import IMG_EXTENSIONS, DataError, DatasetInfo, check_images
+from .base import IMG_EXTENSIONS, DataError, DatasetInfo, check_images
+from .synthetic import DEFAULT_SEED, DEFAULT_TRAIN, make_seg_arrays
 
 __all__ = ['SegmentationDataset', 'build_synthetic_seg', 'build_segfolder', 'SEGFOLDER_SPLIT_SEED']
 
@@ -43,7 +44,7 @@ class SegmentationDataset(Dataset):
     def __init__(self, images: np.ndarray | Sequence[str], masks: np.ndarray | Sequence[tuple[str, ...]],
                  classes: Sequence[str], transform: Callable[[Image.Image, np.ndarray], Any] | None = None) -> None:
         if len(images) != len(masks):
-            raise ValueError(f'{len(images)} images but {len(masks)} masks')
+            raise DataError(f'{len(images)} images but {len(masks)} masks')
         self.images, self.masks = images, masks
         self.classes = list(classes)
         self.transform = transform
@@ -98,8 +99,6 @@ def _mask_from_files(paths: tuple[str, ...], size: tuple[int, int]) -> np.ndarra
 def build_synthetic_seg(img_size: int = 32, num_train: int | None = None,
                         ) -> tuple[SegmentationDataset, SegmentationDataset, DatasetInfo]:
     """``synthetic-seg[:N]``: N (default 2,000) train and N // 4 val images with their shape masks."""
-    from .synthetic import DEFAULT_SEED, DEFAULT_TRAIN, make_seg_arrays
-
     n_train = num_train or DEFAULT_TRAIN
     n_val = max(2, n_train // 4)
     classes = ['shape']

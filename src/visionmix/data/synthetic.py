@@ -18,12 +18,13 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .base import DatasetInfo, ImageListDataset
+
 SHAPES = ('circle', 'square', 'triangle')
 ARRANGEMENTS = ('horizontal', 'vertical')
 CLASSES = [f'{s}-{a}' for s in SHAPES for a in ARRANGEMENTS]
 DEFAULT_SEED = 0
 DEFAULT_TRAIN = 2000
-DEFAULT_VAL = 500
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -107,9 +108,9 @@ def make_seg_arrays(n: int, size: int = 32, seed: int = DEFAULT_SEED) -> tuple[n
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
-def build_synthetic(img_size: int = 32, num_train: int | None = None, seed: int = DEFAULT_SEED):
-    from .datasets import DatasetInfo, ImageListDataset
-
+def build_synthetic(img_size: int = 32, num_train: int | None = None, seed: int = DEFAULT_SEED,
+                    ) -> tuple[ImageListDataset, ImageListDataset, DatasetInfo]:
+    """``synthetic[:N]``: N (default 2,000) train and N // 4 (at least one per class) val images."""
     n_train = num_train or DEFAULT_TRAIN
     n_val = max(len(CLASSES), n_train // 4)
     x_train, y_train = make_arrays(n_train, img_size, seed)

@@ -24,14 +24,19 @@ from rich.table import Table
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-from ..registry import list_models
+from ..checkpoint import atomic_write
+from ..errors import VisionmixError
+from ..registry import list_models, model_card
+from ..reporting import fmt, pyplot, round_floats
+from .building import build_model
 from .config import ConfigError, TrainConfig, load_config, read_yaml
-from .train import SUMMARY_FILE, CHECKPOINT_DIR, STATE_FILE, build_model, train
+from .tasks import model_task
+from .train import CHECKPOINT_DIR, CONFIG_FILE, STATE_FILE, SUMMARY_FILE, train
 
 __all__ = ['StudyEntry', 'DEFAULT_STUDY', 'DEFAULT_RECIPE', 'parse_model_arg', 'compare', 'CompareError']
 
 
-class CompareError(ValueError):
+class CompareError(VisionmixError):
     """A comparison that cannot run as asked."""
 
 
@@ -78,11 +83,14 @@ DEFAULT_RECIPE: dict[str, Any] = dict(
 
 
 def parse_model_arg(text: str) -> StudyEntry:
-    """``SPACH-Conv`` (a default-study label), ``resnet50`` or ``NAME:{yaml kwargs}`` -> a :class:`StudyEntry`."""
+    """``SPACH-Conv`` (a default-study label), ``resnet50``, ``fpn:resnet50`` or ``NAME:{yaml kwargs}`` -> a
+    :class:`StudyEntry`. Keyword arguments start at the first ``:{`` or ``:[`` (a YAML flow collection), so model
+    specs that contain ``:`` themselves keep it."""
     for entry in DEFAULT_STUDY:
         if entry.label.lower() == text.lower():
             return entry
-    name, sep, rest = text.partition(':')
+    starts = [i for i in (text.find(':{'), text.find(':[')) if i >= 0]
+    name, sep, rest = (text[:min(starts)], ':', text[min(starts) + 1:]) if starts else (text, '', '')
     kwargs: dict[str, Any] = {}
     if sep:
         try:
@@ -92,10 +100,7 @@ def parse_model_arg(text: str) -> StudyEntry:
                                ) from None
         if not isinstance(kwargs, dict):
             raise CompareError(f'model {text!r}: kwargs after ":" must be a YAML mapping like {{embed_dim: 16}}')
-    if name not in list_models():
-        from ..registry import model_card
-
-        model_card(name)  # raises UnknownModelError with the closest names
+    model_card(name)  # unknown names raise UnknownModelError with the closest names
     return StudyEntry(text if sep else name, name, kwargs)
 
 
@@ -103,12 +108,15 @@ def _safe(label: str) -> str:
     return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in label)
 
 
-def _profile(entry: StudyEntry, cfg: TrainConfig, num_classes: int, path: Path) -> dict[str, Any]:
+def _profile(entry: StudyEntry, cfg: TrainConfig, model_dir: Path, seed: int) -> dict[str, Any]:
+    """Params, MACs and speed at the training size, measured once per model (``profile.json``)."""
+    path = model_dir / 'profile.json'
     if path.is_file():
         return json.loads(path.read_text())
     from ..profile import profile_model
 
-    model = build_model(entry.model, num_classes, cfg.img_size, entry.kwargs)
+    saved = yaml.safe_load((model_dir / f'seed{seed}' / CONFIG_FILE).read_text())
+    model = build_model(entry.model, len(saved['data']['classes']), cfg.img_size, entry.kwargs)
     res = profile_model(model, img_size=cfg.img_size, batch_size=cfg.batch_size, mode='both', warmup=2, iters=5,
                         memory=False, name=entry.label, threads=cfg.threads)
     out = dict(params=res.params, gmacs=res.gmacs, macs_counter=res.macs_counter,
@@ -116,7 +124,7 @@ def _profile(entry: StudyEntry, cfg: TrainConfig, num_classes: int, path: Path) 
                infer_img_s=res.infer_img_s.median if res.infer_img_s else None,
                train_img_s=res.train_img_s.median if res.train_img_s else None, threads=res.threads,
                batch_size=res.batch_size)
-    path.write_text(json.dumps(out, indent=2))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(round_floats(out), indent=2)))
     return out
 
 
@@ -144,6 +152,31 @@ def compare(
     """
     console = console or Console()
     started = time.perf_counter()
+    entries, notes = _study_entries(models, console)
+    recipe, seeds = _shared_recipe(dataset, epochs, img_size, config, overrides, seeds)
+    out = Path(output)
+    record = _claim_output(out, recipe, seeds, entries)
+    console.print(f'compare: {len(entries)} models x {len(seeds)} seed(s) on {recipe.dataset} at '
+                  f'{recipe.img_size}px, {recipe.epochs} epochs each -> {out}', highlight=False)
+    rows = []
+    for i, entry in enumerate(entries):
+        tag = f'[{i + 1}/{len(entries)}] {entry.label}'
+        runs = [_train_one(entry, recipe, seed, out / _safe(entry.label) / f'seed{seed}', f'{tag} seed {seed}',
+                           console) for seed in seeds]
+        prof = _profile(entry, recipe, out / _safe(entry.label), seeds[0]) if profile else {}
+        rows.append(_row(entry, runs, prof))
+        console.print(f'{tag}: {_score_text(rows[-1])}, {rows[-1]["train_seconds"]:.0f}s training', highlight=False)
+    results = dict(command=command or 'visionmix compare', dataset=recipe.dataset, img_size=recipe.img_size,
+                   epochs=recipe.epochs, seeds=seeds, recipe=record['recipe'],
+                   elapsed_seconds=time.perf_counter() - started, notes=notes, models=rows)
+    write_report(results, out)
+    console.print(results_table(rows))
+    console.print(f'report: {out / "report.md"} ({results["elapsed_seconds"]:.0f}s this invocation)', highlight=False)
+    return results
+
+
+def _study_entries(models: list[StudyEntry] | None, console: Console) -> tuple[list[StudyEntry], list[str]]:
+    """The models to compare (the default study without ``models``) and notes on default entries left out."""
     registered = set(list_models())
     entries = list(models) if models else [e for e in DEFAULT_STUDY if e.model in registered]
     notes = [] if models else [f'{e.label} skipped: {e.model} is not registered in this install'
@@ -153,16 +186,18 @@ def compare(
     labels = [e.label for e in entries]
     if len(set(labels)) != len(labels):
         raise CompareError(f'duplicate model labels {sorted({x for x in labels if labels.count(x) > 1})}')
-    from ..registry import model_card
+    tasks = {model_task(e.model) for e in entries}
+    if len(tasks) > 1:
+        raise CompareError(f'compare ranks models of one task; these mix {", ".join(sorted(tasks))}')
+    return entries, notes
 
-    segmentation = [e.model for e in entries if model_card(e.model).family == 'segmentation']
-    if segmentation:  # the report ranks top-1; a segmentation run reports Dice / IoU
-        raise CompareError(f'compare ranks classifiers by top-1; train segmentation models ({", ".join(segmentation)}) '
-                           f'with visionmix train, which reports Dice and IoU')
+
+def _shared_recipe(dataset: str | None, epochs: int | None, img_size: int | None, config: str | Path | None,
+                   overrides: dict[str, Any] | None, seeds: list[int] | None) -> tuple[TrainConfig, list[int]]:
+    """The one recipe every model gets (validated once, before any run) and the seeds."""
     base = dict(DEFAULT_RECIPE)
     if config is not None:
-        file_data = read_yaml(config)
-        base.update(file_data)
+        base.update(read_yaml(config))
     base.update(overrides or {})
     for key, value in (('dataset', dataset), ('epochs', epochs), ('img_size', img_size)):
         if value is not None:
@@ -173,92 +208,91 @@ def compare(
     for key in ('model', 'model_kwargs', 'output'):
         if key in base:
             raise ConfigError(f'{key!r} is set per model by compare; remove it from the recipe')
-    recipe = load_config(overrides=base)  # validates once, before any run
-    out = Path(output)
+    return load_config(overrides=base), seeds
+
+
+def _claim_output(out: Path, recipe: TrainConfig, seeds: list[int], entries: list[StudyEntry]) -> dict[str, Any]:
+    """Record the comparison in ``out/compare.json``; a folder holding another recipe or seeds is refused."""
     out.mkdir(parents=True, exist_ok=True)
     record = dict(recipe={k: v for k, v in recipe.to_dict().items() if k not in ('model', 'model_kwargs', 'output')},
                   seeds=seeds, models=[dict(label=e.label, model=e.model, kwargs=e.kwargs) for e in entries])
     record = json.loads(json.dumps(record))
-    record_path = out / 'compare.json'
-    if record_path.is_file():
-        previous = json.loads(record_path.read_text())
+    path = out / 'compare.json'
+    if path.is_file():
+        previous = json.loads(path.read_text())
         if previous['recipe'] != record['recipe'] or previous['seeds'] != record['seeds']:
             raise CompareError(f'{out} holds a comparison with another recipe or seeds; use another --output (or '
                                f'delete it) so that every model shares one recipe')
-    record_path.write_text(json.dumps(record, indent=2))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+    return record
 
-    console.print(f'compare: {len(entries)} models x {len(seeds)} seed(s) on {recipe.dataset} at '
-                  f'{recipe.img_size}px, {recipe.epochs} epochs each -> {out}', highlight=False)
-    rows = []
-    for i, entry in enumerate(entries):
-        model_dir = out / _safe(entry.label)
-        model_dir.mkdir(exist_ok=True)
-        runs = []
-        for seed in seeds:
-            run_dir = model_dir / f'seed{seed}'
-            tag = f'[{i + 1}/{len(entries)}] {entry.label} seed {seed}'
-            if (run_dir / SUMMARY_FILE).is_file():
-                summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-                console.print(f'{tag}: done before, top-1 {summary["top1"]:.2f}% (skipped)', highlight=False)
-                runs.append(summary)
-                continue
-            cfg = load_config(overrides=dict(recipe.to_dict(), model=entry.model, model_kwargs=entry.kwargs,
-                                             seed=seed, output=str(run_dir)))
-            resume = run_dir if (run_dir / CHECKPOINT_DIR / STATE_FILE).is_file() else None
-            result = train(cfg, resume=resume, console=console, label=tag)
-            runs.append(result.to_dict())
-        num_classes = None
-        prof: dict[str, Any] = {}
-        if profile:
-            config_yaml = yaml.safe_load((model_dir / f'seed{seeds[0]}' / 'config.yaml').read_text())
-            num_classes = len(config_yaml['data']['classes'])
-            prof = _profile(entry, recipe, num_classes, model_dir / 'profile.json')
-        top1s = [r['top1'] for r in runs]
-        row = dict(label=entry.label, model=entry.model, kwargs=entry.kwargs, spatial=entry.spatial,
-                   params=prof.get('params'), gmacs=prof.get('gmacs'), infer_img_s=prof.get('infer_img_s'),
-                   train_img_s=prof.get('train_img_s'), latency_ms=prof.get('latency_ms'),
-                   top1_mean=statistics.fmean(top1s), top1_std=statistics.stdev(top1s) if len(top1s) > 1 else 0.0,
-                   top1_per_seed=top1s, best_top1_per_seed=[r['best_top1'] for r in runs],
-                   train_seconds=sum(r['train_seconds'] for r in runs),
-                   history=runs[0]['history'])
-        rows.append(row)
-        console.print(f'[{i + 1}/{len(entries)}] {entry.label}: top-1 {row["top1_mean"]:.2f}% '
-                      f'(+- {row["top1_std"]:.2f}), {row["train_seconds"]:.0f}s training', highlight=False)
 
-    elapsed = time.perf_counter() - started
-    results = dict(command=command or 'visionmix compare', dataset=recipe.dataset, img_size=recipe.img_size,
-                   epochs=recipe.epochs, seeds=seeds, recipe=record['recipe'], elapsed_seconds=elapsed,
-                   notes=notes, models=rows)
-    write_report(results, out)
-    console.print(results_table(rows))
-    console.print(f'report: {out / "report.md"} ({elapsed:.0f}s this invocation)', highlight=False)
-    return results
+def _train_one(entry: StudyEntry, recipe: TrainConfig, seed: int, run_dir: Path, tag: str,
+               console: Console) -> dict[str, Any]:
+    """One model and seed: reuse a finished run, resume an interrupted one, else train it."""
+    if (run_dir / SUMMARY_FILE).is_file():
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+        console.print(f'{tag}: done before, {summary["metric"]} {summary[summary["metric"]]:.2f}% (skipped)',
+                      highlight=False)
+        return summary
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(overrides=dict(recipe.to_dict(), model=entry.model, model_kwargs=entry.kwargs, seed=seed,
+                                     output=str(run_dir)))
+    resume = run_dir if (run_dir / CHECKPOINT_DIR / STATE_FILE).is_file() else None
+    return train(cfg, resume=resume, console=console, label=tag).to_dict()
+
+
+def _row(entry: StudyEntry, runs: list[dict[str, Any]], prof: dict[str, Any]) -> dict[str, Any]:
+    """One model's line of the report: cost, the main metric over seeds (spread only for n > 1) and its curves."""
+    metric = runs[0]['metric']
+    scores = [r[metric] for r in runs]
+    return dict(label=entry.label, model=entry.model, kwargs=entry.kwargs, spatial=entry.spatial, metric=metric,
+                params=prof.get('params'), gmacs=prof.get('gmacs'), infer_img_s=prof.get('infer_img_s'),
+                train_img_s=prof.get('train_img_s'), latency_ms=prof.get('latency_ms'), n=len(scores),
+                **{f'{metric}_mean': statistics.fmean(scores),
+                   f'{metric}_std': statistics.stdev(scores) if len(scores) > 1 else None,
+                   f'{metric}_per_seed': scores, f'best_{metric}_per_seed': [r[f'best_{metric}'] for r in runs]},
+                train_seconds=sum(r['train_seconds'] for r in runs), history=runs[0]['history'])
+
+
+def _score_text(row: dict[str, Any]) -> str:
+    """``top-1 97.22%`` for one seed, ``top-1 97.22% +- 0.51 (n=3)`` for several."""
+    metric = row['metric']
+    spread = f' +- {row[f"{metric}_std"]:.2f} (n={row["n"]})' if row['n'] > 1 else ''
+    return f'{METRIC_LABELS.get(metric, metric)} {row[f"{metric}_mean"]:.2f}%{spread}'
 
 
 # ------------------------------------------------------------------------------------------------------ report
 
-CSV_FIELDS = ['label', 'model', 'spatial', 'params', 'gmacs', 'infer_img_s', 'train_img_s', 'latency_ms',
-              'top1_mean', 'top1_std', 'train_seconds', 'kwargs']
+METRIC_LABELS = {'top1': 'top-1', 'dice': 'Dice', 'miou': 'mIoU', 'mask_ap50': 'mask AP50', 'mask_ap': 'mask AP'}
+COST_FIELDS = ['params', 'gmacs', 'infer_img_s', 'train_img_s', 'latency_ms']
 
 
-def _f(value: Any, spec: str) -> str:
-    return '-' if value is None else format(value, spec)
+def _metric(rows: list[dict[str, Any]]) -> str:
+    return rows[0].get('metric', 'top1') if rows else 'top1'
+
+
+def _mean_std(row: dict[str, Any], metric: str) -> str:
+    std = row.get(f'{metric}_std')
+    return f'{row[f"{metric}_mean"]:.2f}' + (f' +- {std:.2f}' if std is not None else '')
 
 
 def results_table(rows: list[dict[str, Any]]) -> Table:
+    metric = _metric(rows)
     table = Table(title='visionmix compare', header_style='bold')
-    for col in ('model', 'spatial', 'params', 'MMACs', 'infer img/s', 'train img/s', 'top-1 %', 'train s'):
+    for col in ('model', 'spatial', 'params', 'MMACs', 'infer img/s', 'train img/s', 'n',
+                f'{METRIC_LABELS.get(metric, metric)} %', 'train s'):
         table.add_column(col, justify='left' if col in ('model', 'spatial') else 'right')
     for r in rows:
-        table.add_row(r['label'], r['spatial'], _f(r['params'] and r['params'] / 1e3, '.1f') + 'k',
-                      _f(r['gmacs'] and r['gmacs'] * 1e3, '.2f'), _f(r['infer_img_s'], '.0f'),
-                      _f(r['train_img_s'], '.0f'),
-                      f'{r["top1_mean"]:.2f} +- {r["top1_std"]:.2f}', f'{r["train_seconds"]:.0f}')
+        table.add_row(r['label'], r['spatial'], fmt(r['params'] and r['params'] / 1e3, '.1f') + 'k',
+                      fmt(r['gmacs'] and r['gmacs'] * 1e3, '.2f'), fmt(r['infer_img_s'], '.0f'),
+                      fmt(r['train_img_s'], '.0f'), str(r.get('n', 1)), _mean_std(r, metric),
+                      f'{r["train_seconds"]:.0f}')
     return table
 
 
 def _pareto(points: list[tuple[float, float]], higher_x_better: bool) -> list[int]:
-    """Indices on the Pareto front (maximise top-1; minimise MACs or maximise img/s)."""
+    """Indices on the Pareto front (maximise the metric; minimise MACs or maximise img/s)."""
     front = []
     for i, (x, y) in enumerate(points):
         dominated = any(
@@ -281,19 +315,18 @@ def point_style(index: int) -> dict[str, Any]:
 
 
 def scatter_figure(rows: list[dict[str, Any]], key: str, xlabel: str, higher_x_better: bool,
-                   log: bool = True) -> Figure:
-    """Top-1 (mean +- std over seeds) against ``row[key]``, one colour / marker per model and the Pareto front.
+                   log: bool = True, scale: float = 1.0, title: str = '') -> Figure:
+    """The main metric (mean +- std over seeds) against ``row[key] * scale``, one colour / marker per model and the
+    Pareto front.
 
     Names go in a legend outside the axes rather than next to the points, so close points never hide each other's
     labels, whatever the number of models.
     """
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    metric = _metric(rows)
     # styles follow the row index, so a model looks the same in both Pareto plots and the curves
-    pts = [(r[key], r['top1_mean'], r['top1_std'], r['label'], i) for i, r in enumerate(rows) if r.get(key)]
+    pts = [(r[key] * scale, r[f'{metric}_mean'], r.get(f'{metric}_std') or 0.0, r['label'], i)
+           for i, r in enumerate(rows) if r.get(key)]
     ncol = max(1, -(-len(pts) // LEGEND_ROWS))
     fig, ax = plt.subplots(figsize=(6.5 + 2.2 * ncol, 4.5), layout='constrained')
     if pts:
@@ -309,75 +342,95 @@ def scatter_figure(rows: list[dict[str, Any]], key: str, xlabel: str, higher_x_b
         if log:
             ax.set_xscale('log')
     ax.set_xlabel(xlabel)
-    ax.set_ylabel('top-1 (%)')
+    ax.set_ylabel(f'{METRIC_LABELS.get(metric, metric)} (%)')
+    if title:
+        ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     return fig
 
 
-def _scatter(rows: list[dict[str, Any]], key: str, xlabel: str, path: Path, higher_x_better: bool,
-             log: bool = True) -> Path | None:
-    import matplotlib.pyplot as plt
-
-    fig = scatter_figure(rows, key, xlabel, higher_x_better, log)
+def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 
-def _curves(rows: list[dict[str, Any]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
+def _curves(rows: list[dict[str, Any]], path: Path, title: str = '') -> Path:
+    plt = pyplot()
+    metric = _metric(rows)
     ncol = max(1, -(-len(rows) // LEGEND_ROWS))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11 + 2.2 * ncol, 4), layout='constrained')
     for i, r in enumerate(rows):
         h = r['history']
         style = dict(point_style(i), markersize=3, label=r['label'])
         ax1.plot([e['epoch'] for e in h], [e['train_loss'] for e in h], **style)
-        ax2.plot([e['epoch'] for e in h], [e['val_top1'] for e in h], **style)
+        ax2.plot([e['epoch'] for e in h], [e[f'val_{metric}'] for e in h], **style)
     ax1.set(xlabel='epoch', ylabel='train loss')
-    ax2.set(xlabel='epoch', ylabel='val top-1 (%)')
-    ax1.xaxis.get_major_locator().set_params(integer=True)
-    ax2.xaxis.get_major_locator().set_params(integer=True)
+    ax2.set(xlabel='epoch', ylabel=f'val {METRIC_LABELS.get(metric, metric)} (%)')
+    for ax in (ax1, ax2):
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax2.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=7, ncol=ncol)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
 
 
-REPORT_FILES = ('report.md', 'results.json', 'results.csv', 'top1_vs_macs.png', 'top1_vs_img_s.png', 'curves.png')
+def report_files(metric: str = 'top1') -> tuple[str, ...]:
+    """The files :func:`write_report` writes for a comparison ranked by ``metric``."""
+    return ('report.md', 'results.json', 'results.csv', f'{metric}_vs_macs.png', f'{metric}_vs_img_s.png',
+            'curves.png')
+
+
+REPORT_FILES = report_files('top1')
 
 
 def write_report(results: dict[str, Any], out: Path) -> list[Path]:
-    rows = results['models']
-    (out / 'results.json').write_text(json.dumps(results, indent=2))
-    with open(out / 'results.csv', 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction='ignore')
-        writer.writeheader()
-        for r in rows:
-            writer.writerow(dict(r, kwargs=json.dumps(r['kwargs'])))
-    _scatter(rows, 'gmacs', 'GMACs per image (log)', out / 'top1_vs_macs.png', higher_x_better=False)
-    _scatter(rows, 'infer_img_s', 'inference img/s (log)', out / 'top1_vs_img_s.png', higher_x_better=True)
-    _curves(rows, out / 'curves.png')
-    seeds = ', '.join(map(str, results['seeds']))
+    """report.md, results.json (full precision: it is re-read), results.csv (rounded for people) and the plots."""
+    rows, metric = results['models'], _metric(results['models'])
+    label = METRIC_LABELS.get(metric, metric)
+    atomic_write(out / 'results.json', lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
+    fields = ['label', 'model', 'spatial', *COST_FIELDS, 'n', f'{metric}_mean', f'{metric}_std', 'train_seconds',
+              'kwargs']
+
+    def write_csv(tmp: str) -> None:
+        with open(tmp, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
+            writer.writeheader()
+            for r in rows:
+                writer.writerow(round_floats(dict(r, kwargs=json.dumps(r['kwargs']))))
+
+    atomic_write(out / 'results.csv', write_csv)
+    setting = f'{results["dataset"]}, {results["img_size"]}px, {results["epochs"]} epochs, seeds {results["seeds"]}'
+    _save(scatter_figure(rows, 'gmacs', 'MMACs per image (log)', False, scale=1e3, title=setting),
+          out / f'{metric}_vs_macs.png')
+    _save(scatter_figure(rows, 'infer_img_s', 'inference img/s (log)', True, title=setting),
+          out / f'{metric}_vs_img_s.png')
+    _curves(rows, out / 'curves.png', title=setting)
+    lines = _report_lines(results, rows, metric, label)
+    atomic_write(out / 'report.md', lambda tmp: Path(tmp).write_text('\n'.join(lines) + '\n'))
+    return [out / f for f in report_files(metric)]
+
+
+def _report_lines(results: dict[str, Any], rows: list[dict[str, Any]], metric: str, label: str) -> list[str]:
+    seeds = results['seeds']
+    spread = 'mean +- std over seeds' if len(seeds) > 1 else 'one seed, so no spread'
     lines = [
         '# visionmix compare', '',
         f'{len(rows)} models, each trained with the identical recipe on `{results["dataset"]}` at '
-        f'{results["img_size"]}x{results["img_size"]} for {results["epochs"]} epochs, seeds {seeds}; profiled at the '
-        f'training input size. Top-1 is the final-epoch validation accuracy (mean +- std over seeds).', '',
-        '| model | spatial | params | MMACs | infer img/s | train img/s | top-1 % | train s |',
-        '|---|---|---:|---:|---:|---:|---:|---:|',
+        f'{results["img_size"]}x{results["img_size"]} for {results["epochs"]} epochs, seeds '
+        f'{", ".join(map(str, seeds))}; profiled at the training input size. {label} is the final-epoch validation '
+        f'value ({spread}).', '',
+        f'| model | spatial | params | MMACs | infer img/s | train img/s | n | {label} % | train s |',
+        '|---|---|---:|---:|---:|---:|---:|---:|---:|',
     ]
     for r in rows:
-        lines.append(f'| {r["label"]} | {r["spatial"]} | {_f(r["params"], ",")} | '
-                     f'{_f(r["gmacs"] and r["gmacs"] * 1e3, ".2f")} | '
-                     f'{_f(r["infer_img_s"], ".0f")} | {_f(r["train_img_s"], ".0f")} | '
-                     f'{r["top1_mean"]:.2f} +- {r["top1_std"]:.2f} | {r["train_seconds"]:.0f} |')
+        lines.append(f'| {r["label"]} | {r["spatial"]} | {fmt(r["params"], ",")} | '
+                     f'{fmt(r["gmacs"] and r["gmacs"] * 1e3, ".2f")} | {fmt(r["infer_img_s"], ".0f")} | '
+                     f'{fmt(r["train_img_s"], ".0f")} | {r.get("n", 1)} | {_mean_std(r, metric)} | '
+                     f'{r["train_seconds"]:.0f} |')
     lines += ['', f'Time: {results["elapsed_seconds"]:.0f} s in the last invocation (runs finished earlier are '
               f'reused).', '',
-              '![top-1 vs MACs](top1_vs_macs.png)', '', '![top-1 vs img/s](top1_vs_img_s.png)', '',
+              f'![{label} vs MACs]({metric}_vs_macs.png)', '', f'![{label} vs img/s]({metric}_vs_img_s.png)', '',
               '![training curves](curves.png)', '', '## Command', '', '```', results['command'], '```', '',
               '## Recipe (identical for every model)', '', '```yaml',
               yaml.safe_dump(results['recipe'], sort_keys=False).rstrip(), '```', '', '## Models', '']
@@ -385,8 +438,7 @@ def write_report(results: dict[str, Any], out: Path) -> list[Path]:
         lines.append(f'- **{r["label"]}**: `{r["model"]}` with `{json.dumps(r["kwargs"])}`')
     if results.get('notes'):
         lines += ['', '## Notes', ''] + [f'- {n}' for n in results['notes']]
-    (out / 'report.md').write_text('\n'.join(lines) + '\n')
-    return [out / f for f in REPORT_FILES]
+    return lines
 
 
 def command_line() -> str:

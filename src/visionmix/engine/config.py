@@ -10,11 +10,10 @@ from typing import Any
 
 import yaml
 
+from ..data import parse_spec
+from ..errors import ConfigError
+
 __all__ = ['ConfigError', 'TrainConfig', 'load_config', 'parse_overrides', 'environment_info']
-
-
-class ConfigError(ValueError):
-    """A recipe that cannot be used: unknown key, wrong type or value, unreadable YAML."""
 
 
 @dataclass
@@ -112,8 +111,6 @@ class TrainConfig:
             backends = compile_backends()
             need(self.compile in backends,
                  f'unknown compile backend {self.compile!r}; torch.compile knows {", ".join(backends)}')
-        from ..data import parse_spec
-
         parse_spec(self.dataset)
         return self
 

@@ -16,16 +16,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import load_checkpoint
 from ..data import DataError, build_datasets
-from .metrics import THRESHOLD, evaluate, seg_predict
-from .tasks import get_task, model_task, segmentation_transforms
-from .train import build_model, resolve_task
+from ..errors import CheckpointError, VisionmixError
+from ..reporting import pyplot
+from .building import build_model
+from .metrics import THRESHOLD, evaluate, evaluate_segmentation, seg_predict
+from .tasks import model_task, resolve_task, segmentation_transforms
 
 __all__ = ['EvalError', 'load_trained', 'run_eval', 'predict', 'plot_confusion']
 
 
-class EvalError(ValueError):
+class EvalError(VisionmixError):
     """A checkpoint or input that eval / predict cannot use."""
 
 
@@ -70,7 +72,7 @@ def load_trained(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
                 task=model_task(meta['model']))
     model = build_model(info['model'], len(info['classes']), info['img_size'], info['model_kwargs'])
     try:
-        load_checkpoint(model, path, strict=True, filter_fn=lambda sd, m: sd)
+        load_checkpoint(model, path, strict=True)
     except CheckpointError as e:
         raise EvalError(str(e).splitlines()[0]) from None
     model.pretrained_cfg = dict(getattr(model, 'pretrained_cfg', None) or {}, input_size=(3, info['img_size'],
@@ -87,11 +89,7 @@ def _eval_transform(model: nn.Module):
 
 
 def plot_confusion(confusion: list[list[int]], classes: Sequence[str], path: Path, title: str = '') -> Path:
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = len(classes)
     size = min(12, 2 + 0.45 * n)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -151,8 +149,7 @@ def _run_eval_segmentation(model: nn.Module, info: dict[str, Any], val_ds: Any, 
                            output: str | Path | None, batch_size: int) -> dict[str, Any]:
     _, val_ds.transform = segmentation_transforms(info['img_size'], info['mean'], info['std'], info['interpolation'])
     classes = info['classes']
-    metrics = get_task('segmentation').evaluate(model, DataLoader(val_ds, batch_size=batch_size), len(classes),
-                                                full=True)
+    metrics = evaluate_segmentation(model, DataLoader(val_ds, batch_size=batch_size), len(classes), full=True)
     out_dir = Path(output) if output else Path(info['checkpoint']).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     per_class = {c: dict(dice=d, iou=i) for c, d, i in zip(_foreground_classes(classes), metrics['per_class_dice'],

@@ -29,7 +29,7 @@ A new spatial function is a module on (B, H, W, C) maps plus one factory registe
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -37,13 +37,14 @@ import torch
 import torch.nn as nn
 from timm.layers import Attention, DropPath, LayerScale, Mlp, register_notrace_function, to_2tuple
 
+from ..errors import VisionmixError
 from .hire import HireMlp, hire_step
 from .shift import AxialShiftMlp
 from .window_mlp import WindowSpatialMlp, stage_window
 
 __all__ = [
-    'SpatialFactory', 'register_spatial_func', 'list_spatial_funcs', 'create_spatial_func', 'TokenAttention',
-    'TokenMlp', 'tokens_to_last_dim', 'ChannelsFirst', 'MixingBlock',
+    'SpatialFactory', 'register_spatial_func', 'list_spatial_funcs', 'create_spatial_func', 'check_spatial_options',
+    'TokenAttention', 'TokenMlp', 'tokens_to_last_dim', 'ChannelsFirst', 'MixingBlock',
 ]
 
 # A factory builds one spatial function; it returns None for "no spatial function" ('pass').
@@ -73,6 +74,26 @@ def list_spatial_funcs() -> list[str]:
     return sorted(_SPATIAL_FUNCS)
 
 
+def _factory_params(name: str) -> dict[str, inspect.Parameter]:
+    factory = _SPATIAL_FUNCS.get(name)
+    if factory is None:
+        raise VisionmixError(f'unknown spatial function {name!r}; choose from {", ".join(list_spatial_funcs())}')
+    return dict(inspect.signature(factory).parameters)
+
+
+def check_spatial_options(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse options the spatial function ``name`` does not take (a misspelt per-run option would be ignored).
+
+    Model-wide options are shared by every spatial function of a model, so :func:`create_spatial_func` filters
+    those; options given for one run of blocks are meant for its function and are checked here.
+    """
+    accepted = set(_factory_params(name)) - {'dim', 'grid_size', 'block_idx'}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise VisionmixError(f'spatial function {name!r} takes no option(s) {unknown}; it accepts '
+                             f'{sorted(accepted) or "none"}')
+
+
 def create_spatial_func(
         name: str,
         dim: int,
@@ -90,12 +111,10 @@ def create_spatial_func(
         **kwargs: Options for any spatial function; those the factory does not take are ignored.
 
     Raises:
-        ValueError: Unknown name.
+        VisionmixError: Unknown name.
     """
-    factory = _SPATIAL_FUNCS.get(name)
-    if factory is None:
-        raise ValueError(f'unknown spatial function {name!r}; choose from {", ".join(list_spatial_funcs())}')
-    params = inspect.signature(factory).parameters
+    params = _factory_params(name)
+    factory = _SPATIAL_FUNCS[name]
     kwargs = dict(kwargs, grid_size=grid_size, block_idx=block_idx)
     return factory(dim=dim, **{k: v for k, v in kwargs.items() if k in params})
 

@@ -21,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, to_2tuple, trunc_normal_
 
+from ..errors import VisionmixError
+
 __all__ = ['stage_window', 'window_pad_sizes', 'pad_to_windows', 'window_partition', 'window_reverse',
            'window_spatial_mix', 'WindowSpatialMlp']
 
@@ -154,14 +156,14 @@ class WindowSpatialMlp(nn.Module):
     ) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')
+            raise VisionmixError(f'dim {dim} is not divisible by num_heads {num_heads}')
         self.dim = dim
         self.num_heads = num_heads
         self.window_size: tuple[int, int] = tuple(to_2tuple(window_size))
         self.shift_size: tuple[int, int] = tuple(to_2tuple(shift_size))
         for w, s in zip(self.window_size, self.shift_size):
             if not 0 <= s < w:
-                raise ValueError(f'shift {self.shift_size} must be in [0, window {self.window_size})')
+                raise VisionmixError(f'shift {self.shift_size} must be in [0, window {self.window_size})')
         tokens = self.window_size[0] * self.window_size[1]
         self.weight = nn.Parameter(torch.empty(num_heads, tokens, tokens))
         self.bias = nn.Parameter(torch.empty(num_heads, tokens)) if bias else None

@@ -7,10 +7,15 @@ so that ``visionmix models``, ``profile`` and ``compare`` treat them like our ow
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import torch.nn as nn
 import torchvision
 
-from ..registry import ModelCard, register_passthrough
+from ..errors import UnknownModelError
+from ..registry import Composite, ModelCard, count_parameters, register_composite, register_passthrough
 
 TIMM_URL = 'https://github.com/huggingface/pytorch-image-models'
 TV_URL = 'https://github.com/pytorch/vision'
@@ -88,3 +93,52 @@ _TORCHVISION_BUILDERS = {'googlenet': googlenet}
 
 for _card_ in CLASSIC_CARDS:
     register_passthrough(_card_, builder=_TORCHVISION_BUILDERS.get(_card_.name))
+
+
+# --------------------------------------------------------------------------------- tv:NAME, any torchvision classifier
+
+@functools.cache
+def torchvision_names() -> list[str]:
+    """torchvision's classification models (``torchvision.models.list_models(module=torchvision.models)``)."""
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+_TV_MODULE_FAMILIES = {'vision_transformer': 'transformer', 'swin_transformer': 'transformer', 'maxvit': 'hybrid'}
+
+
+def _tv_family(name: str) -> str:
+    """The family from the torchvision module that defines the model (every other one is a CNN)."""
+    module = torchvision.models.get_model_builder(name).__module__.rsplit('.', 1)[-1]
+    return _TV_MODULE_FAMILIES.get(module, 'conv')
+
+
+def _tv_builder(name: str) -> Callable[..., nn.Module]:
+    if name in _TORCHVISION_BUILDERS:  # our defaults (aux heads off) for the curated ones
+        return _TORCHVISION_BUILDERS[name]
+
+    def build(**kwargs: Any) -> nn.Module:
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+
+    return build
+
+
+def _resolve_tv(name: str) -> tuple[ModelCard, Callable[..., nn.Module]]:
+    if name not in torchvision_names():
+        import difflib
+
+        close = difflib.get_close_matches(name, torchvision_names(), n=5, cutoff=0.5)
+        hint = f' Did you mean: {", ".join("tv:" + c for c in close)}?' if close else ''
+        raise UnknownModelError(f'torchvision has no classification model {name!r}.{hint}')
+    builder = _tv_builder(name)
+    card = ModelCard(
+        name=f'tv:{name}', family=_tv_family(name), paper='see the torchvision documentation', arxiv=None,
+        code_url=TV_URL, code_commit=f'torchvision {torchvision.__version__}', params=count_parameters(builder),
+        gmacs=None, top1_source='not recorded', license='bsd-3-clause', source='torchvision', curated=False,
+        verified='generic card: params measured, nothing else checked by visionmix',
+        notes='torchvision model: no timm contract (forward_features, features_only); randomly initialised',
+        input_size=(3, 299, 299) if name == 'inception_v3' else (3, 224, 224))
+    return card, builder
+
+
+register_composite(Composite('tv', _resolve_tv, '(any torchvision classifier, e.g. tv:resnet18)',
+                             names=torchvision_names, source='torchvision'))

@@ -22,7 +22,9 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
+from ..errors import VisionmixError
 from ..layers.hire import HireMlp, hire_step
+from ..checkpoint import unwrapping
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
 
 __all__ = ['HireMlpNet', 'HireBlock', 'HireStage', 'checkpoint_filter_fn']
@@ -158,7 +160,7 @@ class HireMlpNet(nn.Module):
         super().__init__()
         num_stages = len(depths)
         if not all(len(v) == num_stages for v in (dims, region_sizes, step_strides, step_dilations)):
-            raise ValueError('depths, dims, region_sizes, step_strides and step_dilations need one entry per stage')
+            raise VisionmixError('depths, dims, region_sizes, step_strides and step_dilations need one entry per stage')
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
@@ -244,7 +246,7 @@ class HireMlpNet(nn.Module):
             intermediates_only: Return only the intermediates.
         """
         if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+            raise VisionmixError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last = len(self.stages) - 1
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
@@ -305,16 +307,11 @@ _BLOCK_RENAMES = (
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map an official Hire-MLP checkpoint (``network.N`` layout) to ours; our own layout passes through.
+    """Rename the keys of an official Hire-MLP state dict (``network.N`` layout) to ours; ours passes through.
 
-    Accepts the raw official file content too: ``{'model': ..., 'model_ema': ...}`` is unwrapped, preferring
-    ``model_ema`` as the official evaluation does (``train.py`` loads ``model_ema`` by default).
+    Takes an unwrapped state dict (:func:`visionmix.checkpoint.unwrap_state_dict` prefers ``model_ema``, as the
+    official evaluation does).
     """
-    for key in ('model_ema', 'state_dict_ema', 'model', 'state_dict'):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-            break
-    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
     if not any(k.startswith(('patch_embed.', 'network.')) for k in state_dict):
         return state_dict
     out = {}
@@ -345,7 +342,7 @@ def _create_hire_mlp(variant: str, pretrained: bool = False, **kwargs: Any) -> H
     out_indices = kwargs.pop('out_indices', tuple(range(num_stages)))
     return build_model_with_cfg(
         HireMlpNet, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=unwrapping(checkpoint_filter_fn),
         feature_cfg=dict(out_indices=out_indices, flatten_sequential=True),
         **kwargs,
     )

@@ -23,8 +23,9 @@ strictly. Differences from it:
   conv + BN pairs fold BN into the conv weights.
 * ``forward_features`` returns the head's map with token 0 broadcast as ``token_dim`` extra channels, so that the
   head (and ``forward_head``) needs nothing but that map: ``num_features = 6 * C_last + token_dim``.
-  ``num_classes=0`` gives the pooled vector the classifier MLP reads (``(B, num_features)``); with a classifier,
-  ``pre_logits`` gives its hidden vector (``head_hidden_size``: 1024 to 1920).
+  The head is pooling, a hidden layer (``head_hidden_size``: 1024 to 1920) and the classifier; as in timm,
+  ``num_classes=0`` (or ``reset_classifier(0)``) removes only the classifier, so ``forward`` then returns the hidden
+  vector that ``forward_head(..., pre_logits=True)`` gives; ``global_pool=''`` returns the map itself.
 * Any input size works (the bridges are attention, there is no position-dependent weight); ``features_only`` gives
   the maps at reductions 2, 4, 8, 16, 32, and ``forward_intermediates(..., return_tokens=True)`` the tokens too.
 """
@@ -44,8 +45,10 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import VisionmixError
 from ..layers.bridge import Former, FormerToMobile, MobileToFormer
 from ..layers.dyrelu import DynamicReLU
+from ..checkpoint import unwrapping
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
 
 __all__ = ['MobileFormer']
@@ -235,8 +238,8 @@ class MobileFormerHead(nn.Module):
     """Pool the map part, h_swish, concat token 0, then Linear -> BN1d -> h_swish -> dropout -> Linear.
 
     Its input is ``forward_features``' map: ``map_chs`` channels of the head conv, then token 0 broadcast over
-    ``token_dim`` channels. ``num_classes=0`` removes the whole classifier MLP (the pooled vector is returned);
-    ``pool_type=''`` (only with ``num_classes=0``) returns the map unchanged.
+    ``token_dim`` channels. ``num_classes=0`` removes only the last linear layer (the hidden vector is returned, as
+    ``pre_logits=True`` gives); ``pool_type=''`` (only with ``num_classes=0``) returns the map unchanged.
     """
 
     def __init__(
@@ -253,37 +256,40 @@ class MobileFormerHead(nn.Module):
         self.in_features = map_chs + token_dim
         self.hidden_dim = hidden_dim
         self.drop = nn.Dropout(drop_rate)
+        self.fc: nn.Linear | None = None
         self.reset(num_classes, pool_type)
 
     def reset(self, num_classes: int, pool_type: str | None = None) -> None:
+        """A new classifier for ``num_classes`` (0: none, timm's convention), keeping the hidden layer as it is."""
         if pool_type is not None:
             if pool_type not in ('avg', ''):
-                raise ValueError(f"Mobile-Former pools with 'avg' (or '' for no pooling), got {pool_type!r}")
+                raise VisionmixError(f"Mobile-Former pools with 'avg' (or '' for no pooling), got {pool_type!r}")
             self.pool_type = pool_type
         if num_classes > 0 and not self.pool_type:
-            raise ValueError('an unpooled Mobile-Former head has no classifier: use num_classes=0 with global_pool=""')
+            raise VisionmixError('an unpooled Mobile-Former head has no classifier: use num_classes=0 with '
+                                 'global_pool=""')
         self.num_classes = num_classes
-        if num_classes > 0:
+        if not self.pool_type:
+            self.fc = self.norm = None
+        elif self.fc is None:  # the hidden layer belongs to the pooled head, like timm's MobileNetV3 conv_head
             self.fc = nn.Linear(self.in_features, self.hidden_dim)
             self.norm = BatchNorm1dAnyBatch(self.hidden_dim)
-            self.classifier = nn.Linear(self.hidden_dim, num_classes)
-            for m in (self.fc, self.classifier):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
-        else:
-            self.fc = self.norm = self.classifier = None
+            nn.init.normal_(self.fc.weight, 0, 0.01)
+            nn.init.zeros_(self.fc.bias)
+        self.classifier = nn.Linear(self.hidden_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            nn.init.normal_(self.classifier.weight, 0, 0.01)
+            nn.init.zeros_(self.classifier.bias)
 
     @property
     def out_features(self) -> int:
-        return self.hidden_dim if self.num_classes > 0 else self.in_features
+        return self.hidden_dim if self.pool_type else self.in_features
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if not self.pool_type:
             return x
         pooled = F.hardswish(x[:, :self.map_chs].mean((2, 3)))
         x = torch.cat([pooled, x[:, self.map_chs:, 0, 0]], dim=1)  # the token channels are constant over space
-        if self.fc is None:
-            return x
         x = self.drop(F.hardswish(self.norm(self.fc(x))))
         return x if pre_logits else self.classifier(x)
 
@@ -356,7 +362,7 @@ class MobileFormer(nn.Module):
             elif kind == 'D3':
                 blocks.append(DnaBlock3(chs, out_chs, stride, e1, e2, **common, **rates))
             else:
-                raise ValueError(f"block type must be 'D' or 'D3', got {kind!r}")
+                raise VisionmixError(f"block type must be 'D' or 'D3', got {kind!r}")
             chs = out_chs
             if stride == 2:
                 reduction *= 2
@@ -402,12 +408,12 @@ class MobileFormer(nn.Module):
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
-        return self.head.classifier if self.head.classifier is not None else nn.Identity()
+        return self.head.classifier
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool)
-        self.head_hidden_size = self.head.out_features
+        self.head_hidden_size = self.head.out_features if self.head.pool_type else self.num_features
 
     def _initial_tokens(self, x: torch.Tensor) -> torch.Tensor:
         # a copy, not an expanded view: views of a parameter made under no_grad trip module hooks (FlopCounterMode)
@@ -419,7 +425,9 @@ class MobileFormer(nn.Module):
         return block(x, tokens)
 
     def _head_map(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Final bridge, head conv, and token 0 appended as constant channels."""
+        """Final bridge, head conv, and token 0 appended as constant channels (the map itself once pruned)."""
+        if self.conv_head is None:
+            return x
         tokens = self.mobile_to_former(x, tokens)
         if self.group_num > 1:
             x = channel_shuffle(x, self.group_num)
@@ -449,7 +457,7 @@ class MobileFormer(nn.Module):
             return_tokens: Also return the tokens (B, T, D) at each selected map, as one more list.
         """
         if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+            raise VisionmixError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self._taps), indices)
         take_blocks = {self._taps[i] for i in take_indices}
         last_block = self._taps[max_index] if stop_early or intermediates_only else len(self.blocks) - 1
@@ -475,13 +483,21 @@ class MobileFormer(nn.Module):
             prune_norm: bool = False,
             prune_head: bool = True,
     ) -> list[int]:
-        """Drop the blocks after the last selected map, and the head; returns the kept indices."""
+        """Drop the blocks after the last selected map; returns the kept indices.
+
+        The trunk's end (final bridge + head conv, which is what ``norm`` means here) goes with ``prune_norm`` or
+        when blocks were dropped (it reads the last block's map): ``forward_features`` then returns the last kept
+        map and ``num_features`` is its width. The classifier goes with ``prune_head`` or when the end went.
+        """
         take_indices, max_index = feature_take_indices(len(self._taps), indices)
-        self.blocks = self.blocks[:self._taps[max_index] + 1]
-        if prune_head:
-            self.mobile_to_former = nn.Identity()
-            self.conv_head = nn.Identity()
-            self.head = nn.Identity()
+        last = self._taps[max_index]
+        pruned_end = last < len(self.blocks) - 1
+        self.blocks = self.blocks[:last + 1]
+        if prune_norm or pruned_end:
+            self.mobile_to_former = self.conv_head = None
+            self.num_features = self.feature_info[max_index]['num_chs']
+        if prune_head or prune_norm or pruned_end:
+            self.reset_classifier(0, '')
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -529,15 +545,11 @@ _TOP_RENAMES = (
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map an official Mobile-Former checkpoint (``features.N`` layout) to ours; our own layout passes through.
+    """Rename the keys of an official Mobile-Former state dict (``features.N`` layout) to ours; ours passes through.
 
-    The official files hold ``{'state_dict': ...}`` (possibly with a ``module.`` prefix); both are unwrapped.
+    Takes an unwrapped state dict (the official files hold ``{'state_dict': ...}`` with ``module.`` prefixes, which
+    :func:`visionmix.checkpoint.unwrap_state_dict` removes).
     """
-    for key in ('state_dict_ema', 'state_dict', 'model'):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-            break
-    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
     if 'tokens.weight' not in state_dict and not any(k.startswith('features.') for k in state_dict):
         return state_dict
     out = {}
@@ -562,7 +574,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[s
 def _create_mobile_former(variant: str, pretrained: bool = False, **kwargs: Any) -> MobileFormer:
     return build_model_with_cfg(
         MobileFormer, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=unwrapping(checkpoint_filter_fn),
         feature_cfg=dict(feature_cls='getter', out_indices=kwargs.pop('out_indices', (0, 1, 2, 3, 4))),
         **kwargs,
     )

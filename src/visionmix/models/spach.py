@@ -40,7 +40,9 @@ from timm.layers import ClassifierHead, to_2tuple
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
-from ..layers.mixing import MixingBlock, create_spatial_func
+from ..errors import VisionmixError
+from ..layers.mixing import MixingBlock, check_spatial_options, create_spatial_func
+from ..checkpoint import unwrapping
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
 
 __all__ = ['Spach', 'SpachStem', 'SpachDownsample', 'SpachStage', 'parse_net_arch', 'checkpoint_filter_fn']
@@ -68,14 +70,16 @@ def parse_net_arch(net_arch: Sequence[Any], depths: Sequence[int] | None = None)
         for run in runs:
             if not (isinstance(run, (list, tuple)) and len(run) in (2, 3) and isinstance(run[0], str)
                     and isinstance(run[1], int) and run[1] >= 0):
-                raise ValueError(f'a net_arch run is (spatial, depth) or (spatial, depth, options), got {run!r}')
-            parsed.append((run[0], run[1], dict(run[2]) if len(run) == 3 else {}))
+                raise VisionmixError(f'a net_arch run is (spatial, depth) or (spatial, depth, options), got {run!r}')
+            options = dict(run[2]) if len(run) == 3 else {}
+            check_spatial_options(run[0], options)
+            parsed.append((run[0], run[1], options))
         stages.append(parsed)
     if not stages:
-        raise ValueError('net_arch needs at least one stage')
+        raise VisionmixError('net_arch needs at least one stage')
     if depths is not None:
         if len(depths) != len(stages):
-            raise ValueError(f'depths {tuple(depths)} needs one entry per stage ({len(stages)} stages)')
+            raise VisionmixError(f'depths {tuple(depths)} needs one entry per stage ({len(stages)} stages)')
         stages = [_resample(runs, d) for runs, d in zip(stages, depths)]
     return stages
 
@@ -121,7 +125,7 @@ class SpachStem(nn.Module):
             self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
         elif stem_type == 'conv4':
             if patch_size % 2:
-                raise ValueError(f"the 'conv4' stem needs an even patch size, got {patch_size}")
+                raise VisionmixError(f"the 'conv4' stem needs an even patch size, got {patch_size}")
             hidden, sub = 64, patch_size // 2
             self.proj = nn.Sequential(
                 nn.Conv2d(in_chans, hidden, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(),
@@ -130,7 +134,7 @@ class SpachStem(nn.Module):
                 nn.Conv2d(hidden, embed_dim, sub, stride=sub),
             )
         else:
-            raise ValueError(f"stem_type must be 'conv1' or 'conv4', got {stem_type!r}")
+            raise VisionmixError(f"stem_type must be 'conv1' or 'conv4', got {stem_type!r}")
         self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -179,14 +183,15 @@ class SpachStage(nn.Module):
     ) -> None:
         super().__init__()
         if not downsample and in_chs != dim:
-            raise ValueError(f'a stage without downsampling keeps its width, got {in_chs} -> {dim}')
+            raise VisionmixError(f'a stage without downsampling keeps its width, got {in_chs} -> {dim}')
         self.grad_checkpointing = False
         self.downsample = SpachDownsample(in_chs, dim) if downsample else nn.Identity()
         shared = None
         if shared_spatial and runs:
             names = {name for name, _, _ in runs}
             if len(names) != 1 or 'pass' in names:
-                raise ValueError(f'shared_spatial needs one spatial function other than pass per stage, got {names}')
+                raise VisionmixError(f'shared_spatial needs one spatial function other than pass per stage, got '
+                                     f'{names}')
             shared = create_spatial_func(runs[0][0], dim, grid_size, 0, **{**(spatial_kwargs or {}), **runs[0][2]})
         blocks = []
         for name, depth, options in runs:
@@ -389,7 +394,7 @@ class Spach(nn.Module):
             The intermediates, or ``(forward_features output (NHWC), intermediates)``.
         """
         if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+            raise VisionmixError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self._taps), indices)
         taps = {self._taps[i]: i for i in take_indices}
         last = (len(self.stages) - 1, len(self.stages[-1].blocks) - 1)
@@ -450,7 +455,7 @@ _BLOCK_RENAMES = (('spatial_func.', 'token_mixer.'), ('channel_func.', 'mlp.'), 
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: Spach) -> dict[str, torch.Tensor]:
-    """Map an official SPACH checkpoint (optionally wrapped under ``'model'``) to this layout.
+    """Rename the keys of an official SPACH state dict (unwrapped from its ``'model'`` entry) to this layout.
 
     Official single-stage ``blocks.j`` -> ``stages.0.blocks.j``; multi-stage ``layer{s}.j`` -> ``stages.{s-1}``, where
     ``layer{s}.0`` of s > 1 is the downsampling (``net.1.0`` conv, ``net.1.1`` GroupNorm) and the blocks follow;
@@ -458,11 +463,8 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: Spach) -> dict[st
     ``spatial_func`` -> ``token_mixer``, ``channel_func`` -> ``mlp``, ``cpe_net.net.1`` -> ``cpe``, ``gamma_1``
     (1, 1, C) -> ``ls1.gamma`` (C,). A dict already in our layout is returned unchanged.
     """
-    if isinstance(state_dict.get('model'), Mapping):
-        state_dict = state_dict['model']
-    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
     if not any(k.startswith(('blocks.', 'layer1.', 'norm1.', 'norm2.')) for k in state_dict):
-        return state_dict
+        return dict(state_dict)
     out = {}
     for k, v in state_dict.items():
         if k.startswith('norm1.'):
@@ -492,7 +494,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: Spach) -> dict[st
 def _create_spach(variant: str, pretrained: bool = False, **kwargs: Any) -> Spach:
     return build_model_with_cfg(
         Spach, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=unwrapping(checkpoint_filter_fn),
         # NHWC blocks: the getter wrapper returns NCHW maps through forward_intermediates
         feature_cfg=dict(feature_cls='getter', out_indices=kwargs.pop('out_indices', None) or _all_taps(kwargs)),
         **kwargs)
@@ -515,54 +517,93 @@ def _ms(spatial: str, depths: Sequence[int]) -> list[list[tuple[str, int]]]:
     return [[('pass', depths[0])]] + [[(spatial, d)] for d in depths[1:]]
 
 
+# The official constructors' settings per variant: the one place a variant is described. Everything else about a
+# variant (its cfg's pool size, first conv, fixed input size) is derived from these, never from its name.
+_SS = dict(patch_size=16, token_ratio=0.5)
+_MS = dict(patch_size=4, token_ratio=0.5)
+HYBRID_MS_S_ARCH = [[('pass', 3)], [('pass', 2), ('attn', 2)], [('pass', 2), ('attn', 10)], [('pass', 1), ('attn', 2)]]
+_XS_HYBRID_ARCH = [[('pass', 3)], [('pass', 4)], [('pass', 2), ('attn', 10)], [('pass', 1), ('attn', 2)]]
+_S = dict(channel_ratio=3.)
+VARIANTS: dict[str, dict[str, Any]] = {
+    'spach': dict(net_arch=_ss('pass', 12), embed_dim=384, num_heads=12, **_SS),
+    'spach_ms': dict(net_arch=_ms('pass', (2, 2, 6, 2)), embed_dim=64, num_heads=2, **_MS),
+    'spach_ms_xxs_patch4_224_conv': dict(net_arch=_ms('pass', (2, 2, 6, 2)), embed_dim=64, num_heads=2, **_MS),
+    'spach_ms_xxs_patch4_224_attn': dict(net_arch=_ms('attn', (2, 2, 6, 2)), embed_dim=32, num_heads=1, **_MS),
+    'spach_ms_xxs_patch4_224_mlp': dict(net_arch=_ms('mlp', (2, 2, 6, 2)), embed_dim=64, num_heads=2, **_MS),
+    'spach_ms_xs_patch4_224_conv': dict(net_arch=_ms('pass', (3, 4, 12, 3)), embed_dim=96, num_heads=3, **_MS),
+    'spach_ms_xs_patch4_224_attn': dict(net_arch=_ms('attn', (3, 4, 12, 3)), embed_dim=64, num_heads=2, **_MS),
+    'spach_ms_xs_patch4_224_mlp': dict(net_arch=_ms('mlp', (3, 4, 12, 3)), embed_dim=96, num_heads=3, **_MS),
+    'spach_ms_xs_patch4_224_hybrid': dict(net_arch=_XS_HYBRID_ARCH, embed_dim=96, num_heads=3, **_MS),
+    'spach_ms_s_patch4_224_conv': dict(net_arch=_ms('pass', (3, 4, 12, 3)), embed_dim=128, num_heads=4, **_S, **_MS),
+    'spach_ms_s_patch4_224_attn': dict(net_arch=_ms('attn', (3, 4, 12, 3)), embed_dim=96, num_heads=3, **_S, **_MS),
+    'spach_ms_s_patch4_224_mlp': dict(net_arch=_ms('mlp', (3, 4, 12, 3)), embed_dim=128, num_heads=4, **_S, **_MS),
+    'spach_ms_s_patch4_224_hybrid': dict(net_arch=HYBRID_MS_S_ARCH, embed_dim=128, num_heads=4, **_S, **_MS),
+    # Hybrid-MS-S+: the official README's checkpoint, which the official code has no constructor for (see its card)
+    'spach_ms_s_plus_patch4_224_hybrid': dict(net_arch=HYBRID_MS_S_ARCH, embed_dim=128, num_heads=4,
+                                              stem_type='conv4', **_S, **_MS),
+    'spach_xxs_patch16_224_conv': dict(net_arch=_ss('pass', 12), embed_dim=384, num_heads=12, **_SS),
+    'spach_xxs_patch16_224_attn': dict(net_arch=_ss('attn', 12), embed_dim=192, num_heads=6, **_SS),
+    'spach_xxs_patch16_224_mlp': dict(net_arch=_ss('mlp', 12), embed_dim=384, num_heads=12, **_SS),
+    'spach_xs_patch16_224_conv': dict(net_arch=_ss('pass', 24), embed_dim=384, num_heads=12, **_SS),
+    'spach_xs_patch16_224_attn': dict(net_arch=_ss('attn', 12), embed_dim=384, num_heads=12, **_SS),
+    'spach_xs_patch16_224_mlp': dict(net_arch=_ss('mlp', 24), embed_dim=384, num_heads=12, **_SS),
+    'spach_s_patch16_224_conv': dict(net_arch=_ss('pass', 24), embed_dim=512, num_heads=16, **_S, **_SS),
+    'spach_s_patch16_224_attn': dict(net_arch=_ss('attn', 12), embed_dim=512, num_heads=16, **_S, **_SS),
+    'spach_s_patch16_224_mlp': dict(net_arch=_ss('mlp', 24), embed_dim=512, num_heads=16, **_S, **_SS),
+}
+
+
 _PAPER = 'A Battle of Network Structures: An Empirical Study of CNN, Transformer, and MLP'
 _CODE = 'https://github.com/microsoft/SPACH'
 _COMMIT = 'dcede1e86c9e183d4a734c67f8528d291d1c29d1'
 _RELEASE = f'{_CODE}/releases/download/v1.0'
-_FAMILY = {'conv': 'conv', 'attn': 'transformer', 'mlp': 'mlp', 'hybrid': 'hybrid'}
 _VERIFIED = ('params exact (= official code), GMACs within 0.4% of the issue table (FlopCounterMode), outputs equal '
              'the official code with the same random weights (max abs diff <= 6e-7), official layout loads strict')
 _VERIFIED_SINGLE_STAGE = _VERIFIED.replace('within 0.4% of the issue table', 'measured (no published figure)')
 
 
-def _card(name: str, params: int, gmacs: float, paper_gmacs: float | None = None, top1: float | None = None,
-          notes: str = '') -> ModelCard:
+def _card(name: str, family: str, params: int, gmacs: float, paper_gmacs: float | None = None,
+          top1: float | None = None, notes: str = '') -> ModelCard:
     return ModelCard(
-        name=name, family=_FAMILY[name.rsplit('_', 1)[1]], paper=_PAPER, arxiv='2108.13002', code_url=_CODE,
+        name=name, family=family, paper=_PAPER, arxiv='2108.13002', code_url=_CODE,
         code_commit=_COMMIT, params=params, gmacs=gmacs, paper_gmacs=paper_gmacs, top1=top1,
         top1_source='official README (ImageNet-1k, 224)' if top1 is not None else 'none published',
         mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, license='MIT',
-        verified=_VERIFIED if '_patch4_' in name else _VERIFIED_SINGLE_STAGE, notes=notes)
+        verified=_VERIFIED if _multi_stage(name) else _VERIFIED_SINGLE_STAGE, notes=notes)
+
+
+def _multi_stage(name: str) -> bool:
+    return len(VARIANTS[name]['net_arch']) > 1
 
 
 _TOKEN_MLP_NOTE = 'Token-MLP model: runs at its img_size only (build with img_size=... for another size).'
 _NO_WEIGHTS = 'No official weights are published for this variant.'
 _CARDS = {c.name: c for c in [
     # multi-stage
-    _card('spach_ms_xxs_patch4_224_conv', 5_085_224, 0.712, 0.7, 73.1),
-    _card('spach_ms_xxs_patch4_224_attn', 2_372_744, 0.530, 0.5, 65.4),
-    _card('spach_ms_xxs_patch4_224_mlp', 6_562_446, 0.931, 0.9, 74.5, notes=_TOKEN_MLP_NOTE),
-    _card('spach_ms_xs_patch4_224_conv', 17_302_120, 2.755, notes=_NO_WEIGHTS),
-    _card('spach_ms_xs_patch4_224_attn', 14_479_080, 3.082, notes=_NO_WEIGHTS),
-    _card('spach_ms_xs_patch4_224_mlp', 20_260_283, 3.409, notes=f'{_TOKEN_MLP_NOTE} {_NO_WEIGHTS}'),
-    _card('spach_ms_xs_patch4_224_hybrid', 27_956_584, 4.444, notes=_NO_WEIGHTS),
-    _card('spach_ms_s_patch4_224_conv', 43_576_168, 7.141, 7.2, 81.6),
-    _card('spach_ms_s_patch4_224_attn', 39_537_544, 7.532, 7.6, 82.9),
-    _card('spach_ms_s_patch4_224_mlp', 46_542_011, 8.014, 8.2, 82.1, notes=_TOKEN_MLP_NOTE),
-    _card('spach_ms_s_patch4_224_hybrid', 63_028_584, 11.051, 11.2, 83.7),
-    _card('spach_ms_s_plus_patch4_224_hybrid', 63_138_728, 12.177, 12.3, 83.9, notes=(
+    _card('spach_ms_xxs_patch4_224_conv', 'conv', 5_085_224, 0.712, 0.7, 73.1),
+    _card('spach_ms_xxs_patch4_224_attn', 'transformer', 2_372_744, 0.530, 0.5, 65.4),
+    _card('spach_ms_xxs_patch4_224_mlp', 'mlp', 6_562_446, 0.931, 0.9, 74.5, notes=_TOKEN_MLP_NOTE),
+    _card('spach_ms_xs_patch4_224_conv', 'conv', 17_302_120, 2.755, notes=_NO_WEIGHTS),
+    _card('spach_ms_xs_patch4_224_attn', 'transformer', 14_479_080, 3.082, notes=_NO_WEIGHTS),
+    _card('spach_ms_xs_patch4_224_mlp', 'mlp', 20_260_283, 3.409, notes=f'{_TOKEN_MLP_NOTE} {_NO_WEIGHTS}'),
+    _card('spach_ms_xs_patch4_224_hybrid', 'hybrid', 27_956_584, 4.444, notes=_NO_WEIGHTS),
+    _card('spach_ms_s_patch4_224_conv', 'conv', 43_576_168, 7.141, 7.2, 81.6),
+    _card('spach_ms_s_patch4_224_attn', 'transformer', 39_537_544, 7.532, 7.6, 82.9),
+    _card('spach_ms_s_patch4_224_mlp', 'mlp', 46_542_011, 8.014, 8.2, 82.1, notes=_TOKEN_MLP_NOTE),
+    _card('spach_ms_s_patch4_224_hybrid', 'hybrid', 63_028_584, 11.051, 11.2, 83.7),
+    _card('spach_ms_s_plus_patch4_224_hybrid', 'hybrid', 63_138_728, 12.177, 12.3, 83.9, notes=(
         'The official README lists this checkpoint (Hybrid-MS-S+) but the official code has no constructor for it: '
         "built as Hybrid-MS-S with the official 'conv4' stem, which reproduces the published 63M / 12.3G.")),
     # single-stage
-    _card('spach_xxs_patch16_224_conv', 7_828_840, 1.45, notes=_NO_WEIGHTS),
-    _card('spach_xxs_patch16_224_attn', 3_931_048, 0.90, notes=_NO_WEIGHTS),
-    _card('spach_xxs_patch16_224_mlp', 8_307_184, 1.63, notes=f'{_TOKEN_MLP_NOTE} {_NO_WEIGHTS}'),
-    _card('spach_xs_patch16_224_conv', 14_975_848, 2.85, notes=_NO_WEIGHTS),
-    _card('spach_xs_patch16_224_attn', 14_938_984, 3.19, notes=_NO_WEIGHTS),
-    _card('spach_xs_patch16_224_mlp', 15_932_536, 3.20, notes=f'{_TOKEN_MLP_NOTE} {_NO_WEIGHTS}'),
-    _card('spach_s_patch16_224_conv', 38_854_120, 7.50, notes=_NO_WEIGHTS),
-    _card('spach_s_patch16_224_attn', 32_507_368, 6.73, notes=_NO_WEIGHTS),
-    _card('spach_s_patch16_224_mlp', 39_820_024, 7.97, notes=f'{_TOKEN_MLP_NOTE} {_NO_WEIGHTS}'),
+    _card('spach_xxs_patch16_224_conv', 'conv', 7_828_840, 1.45, notes=_NO_WEIGHTS),
+    _card('spach_xxs_patch16_224_attn', 'transformer', 3_931_048, 0.90, notes=_NO_WEIGHTS),
+    _card('spach_xxs_patch16_224_mlp', 'mlp', 8_307_184, 1.63, notes=f'{_TOKEN_MLP_NOTE} {_NO_WEIGHTS}'),
+    _card('spach_xs_patch16_224_conv', 'conv', 14_975_848, 2.85, notes=_NO_WEIGHTS),
+    _card('spach_xs_patch16_224_attn', 'transformer', 14_938_984, 3.19, notes=_NO_WEIGHTS),
+    _card('spach_xs_patch16_224_mlp', 'mlp', 15_932_536, 3.20, notes=f'{_TOKEN_MLP_NOTE} {_NO_WEIGHTS}'),
+    _card('spach_s_patch16_224_conv', 'conv', 38_854_120, 7.50, notes=_NO_WEIGHTS),
+    _card('spach_s_patch16_224_attn', 'transformer', 32_507_368, 6.73, notes=_NO_WEIGHTS),
+    _card('spach_s_patch16_224_mlp', 'mlp', 39_820_024, 7.97, notes=f'{_TOKEN_MLP_NOTE} {_NO_WEIGHTS}'),
 ]}
 _GENERIC_NOTE = ('Generic builder: pass net_arch (and widths) for any SPACH model; params / GMACs are those of the '
                  'default spec ({spec}).')
@@ -588,12 +629,15 @@ _WEIGHTS = {
 
 
 def _cfg(name: str) -> dict[str, Any]:
-    reduction = 16 if '_patch16_' in name or name == 'spach' else 32
+    variant = VARIANTS[name]
+    arch = parse_net_arch(variant['net_arch'])
+    # multi-stage: the patch stem, then three stride-2 downsamplings
+    reduction = variant['patch_size'] * (2 ** (len(arch) - 1))
     return {
         'url': f'{_RELEASE}/{_WEIGHTS[name]}' if name in _WEIGHTS else '', 'num_classes': 1000,
         'pool_size': (224 // reduction, 224 // reduction), 'crop_pct': 0.875, 'interpolation': 'bicubic',
-        'fixed_input_size': name.endswith('_mlp'), 'classifier': 'head.fc',
-        'first_conv': 'stem.proj.0' if name == 'spach_ms_s_plus_patch4_224_hybrid' else 'stem.proj',  # conv4 stem
+        'fixed_input_size': any(spatial == 'mlp' for runs in arch for spatial, _, _ in runs),
+        'classifier': 'head.fc', 'first_conv': 'stem.proj.0' if variant.get('stem_type') == 'conv4' else 'stem.proj',
         **card_to_pretrained_fields(_CARDS[name]),
     }
 
@@ -603,174 +647,144 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _build(name: str, pretrained: bool, kwargs: dict[str, Any], **args: Any) -> Spach:
-    return _create_spach(name, pretrained, **dict(args, **kwargs))
-
-
-# the official constructors' shared settings
-_SS = dict(patch_size=16, token_ratio=0.5)
-_MS = dict(patch_size=4, token_ratio=0.5)
+def _build(name: str, pretrained: bool, kwargs: dict[str, Any]) -> Spach:
+    return _create_spach(name, pretrained, **dict(VARIANTS[name], **kwargs))
 
 
 @register_visionmix_model(_CARDS['spach'])
 def spach(pretrained: bool = False, **kwargs: Any) -> Spach:
     """Any single-stage SPACH model (patch 16); defaults to SPACH-Conv-XXS. Pass ``net_arch`` for another spec."""
-    return _build('spach', pretrained, kwargs, net_arch=_ss('pass', 12), embed_dim=384, num_heads=12, **_SS)
+    return _build('spach', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_ms'])
 def spach_ms(pretrained: bool = False, **kwargs: Any) -> Spach:
     """Any multi-stage SPACH model (patch 4); defaults to SPACH-Conv-MS-XXS. Pass ``net_arch`` for another spec,
     e.g. ``net_arch=[['pass', 3], ['hire', 4], ['hire', 12], ['attn', 3]]``."""
-    return _build('spach_ms', pretrained, kwargs, net_arch=_ms('pass', (2, 2, 6, 2)), embed_dim=64, num_heads=2, **_MS)
+    return _build('spach_ms', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_ms_xxs_patch4_224_conv'])
 def spach_ms_xxs_patch4_224_conv(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-Conv-MS-XXS: 5.1M params, 73.1% top-1."""
-    return _build('spach_ms_xxs_patch4_224_conv', pretrained, kwargs,
-                  net_arch=_ms('pass', (2, 2, 6, 2)), embed_dim=64, num_heads=2, **_MS)
+    return _build('spach_ms_xxs_patch4_224_conv', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_ms_xxs_patch4_224_attn'])
 def spach_ms_xxs_patch4_224_attn(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-Trans-MS-XXS: 2.4M params, 65.4% top-1."""
-    return _build('spach_ms_xxs_patch4_224_attn', pretrained, kwargs,
-                  net_arch=_ms('attn', (2, 2, 6, 2)), embed_dim=32, num_heads=1, **_MS)
+    return _build('spach_ms_xxs_patch4_224_attn', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_ms_xxs_patch4_224_mlp'])
 def spach_ms_xxs_patch4_224_mlp(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-MLP-MS-XXS: 6.6M params, 74.5% top-1 (token MLPs tied to img_size)."""
-    return _build('spach_ms_xxs_patch4_224_mlp', pretrained, kwargs,
-                  net_arch=_ms('mlp', (2, 2, 6, 2)), embed_dim=64, num_heads=2, **_MS)
+    return _build('spach_ms_xxs_patch4_224_mlp', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_ms_xs_patch4_224_conv'])
 def spach_ms_xs_patch4_224_conv(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-Conv-MS-XS: 17.3M params."""
-    return _build('spach_ms_xs_patch4_224_conv', pretrained, kwargs,
-                  net_arch=_ms('pass', (3, 4, 12, 3)), embed_dim=96, num_heads=3, **_MS)
+    return _build('spach_ms_xs_patch4_224_conv', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_ms_xs_patch4_224_attn'])
 def spach_ms_xs_patch4_224_attn(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-Trans-MS-XS: 14.5M params."""
-    return _build('spach_ms_xs_patch4_224_attn', pretrained, kwargs,
-                  net_arch=_ms('attn', (3, 4, 12, 3)), embed_dim=64, num_heads=2, **_MS)
+    return _build('spach_ms_xs_patch4_224_attn', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_ms_xs_patch4_224_mlp'])
 def spach_ms_xs_patch4_224_mlp(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-MLP-MS-XS: 20.3M params (token MLPs tied to img_size)."""
-    return _build('spach_ms_xs_patch4_224_mlp', pretrained, kwargs,
-                  net_arch=_ms('mlp', (3, 4, 12, 3)), embed_dim=96, num_heads=3, **_MS)
+    return _build('spach_ms_xs_patch4_224_mlp', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_ms_xs_patch4_224_hybrid'])
 def spach_ms_xs_patch4_224_hybrid(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-Hybrid-MS-XS: 28.0M params."""
-    arch = [[('pass', 3)], [('pass', 4)], [('pass', 2), ('attn', 10)], [('pass', 1), ('attn', 2)]]
-    return _build('spach_ms_xs_patch4_224_hybrid', pretrained, kwargs,
-                  net_arch=arch, embed_dim=96, num_heads=3, **_MS)
+    return _build('spach_ms_xs_patch4_224_hybrid', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_ms_s_patch4_224_conv'])
 def spach_ms_s_patch4_224_conv(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-Conv-MS-S: 43.6M params, 81.6% top-1."""
-    return _build('spach_ms_s_patch4_224_conv', pretrained, kwargs,
-                  net_arch=_ms('pass', (3, 4, 12, 3)), embed_dim=128, num_heads=4, channel_ratio=3., **_MS)
+    return _build('spach_ms_s_patch4_224_conv', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_ms_s_patch4_224_attn'])
 def spach_ms_s_patch4_224_attn(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-Trans-MS-S: 39.5M params, 82.9% top-1."""
-    return _build('spach_ms_s_patch4_224_attn', pretrained, kwargs,
-                  net_arch=_ms('attn', (3, 4, 12, 3)), embed_dim=96, num_heads=3, channel_ratio=3., **_MS)
+    return _build('spach_ms_s_patch4_224_attn', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_ms_s_patch4_224_mlp'])
 def spach_ms_s_patch4_224_mlp(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-MLP-MS-S: 46.5M params, 82.1% top-1 (token MLPs tied to img_size)."""
-    return _build('spach_ms_s_patch4_224_mlp', pretrained, kwargs,
-                  net_arch=_ms('mlp', (3, 4, 12, 3)), embed_dim=128, num_heads=4, channel_ratio=3., **_MS)
-
-
-_HYBRID_S = [[('pass', 3)], [('pass', 2), ('attn', 2)], [('pass', 2), ('attn', 10)], [('pass', 1), ('attn', 2)]]
+    return _build('spach_ms_s_patch4_224_mlp', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_ms_s_patch4_224_hybrid'])
 def spach_ms_s_patch4_224_hybrid(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-Hybrid-MS-S: 63.0M params, 83.7% top-1."""
-    return _build('spach_ms_s_patch4_224_hybrid', pretrained, kwargs,
-                  net_arch=_HYBRID_S, embed_dim=128, num_heads=4, channel_ratio=3., **_MS)
+    return _build('spach_ms_s_patch4_224_hybrid', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_ms_s_plus_patch4_224_hybrid'])
 def spach_ms_s_plus_patch4_224_hybrid(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-Hybrid-MS-S+: Hybrid-MS-S with the 4-conv stem, 63.1M params, 83.9% top-1."""
-    return _build('spach_ms_s_plus_patch4_224_hybrid', pretrained, kwargs,
-                  net_arch=_HYBRID_S, embed_dim=128, num_heads=4, channel_ratio=3., stem_type='conv4', **_MS)
+    return _build('spach_ms_s_plus_patch4_224_hybrid', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_xxs_patch16_224_conv'])
 def spach_xxs_patch16_224_conv(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-Conv-XXS (single stage): 7.8M params."""
-    return _build('spach_xxs_patch16_224_conv', pretrained, kwargs,
-                  net_arch=_ss('pass', 12), embed_dim=384, num_heads=12, **_SS)
+    return _build('spach_xxs_patch16_224_conv', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_xxs_patch16_224_attn'])
 def spach_xxs_patch16_224_attn(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-Trans-XXS (single stage): 3.9M params."""
-    return _build('spach_xxs_patch16_224_attn', pretrained, kwargs,
-                  net_arch=_ss('attn', 12), embed_dim=192, num_heads=6, **_SS)
+    return _build('spach_xxs_patch16_224_attn', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_xxs_patch16_224_mlp'])
 def spach_xxs_patch16_224_mlp(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-MLP-XXS (single stage): 8.3M params (token MLPs tied to img_size)."""
-    return _build('spach_xxs_patch16_224_mlp', pretrained, kwargs,
-                  net_arch=_ss('mlp', 12), embed_dim=384, num_heads=12, **_SS)
+    return _build('spach_xxs_patch16_224_mlp', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_xs_patch16_224_conv'])
 def spach_xs_patch16_224_conv(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-Conv-XS (single stage): 15.0M params."""
-    return _build('spach_xs_patch16_224_conv', pretrained, kwargs,
-                  net_arch=_ss('pass', 24), embed_dim=384, num_heads=12, **_SS)
+    return _build('spach_xs_patch16_224_conv', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_xs_patch16_224_attn'])
 def spach_xs_patch16_224_attn(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-Trans-XS (single stage): 14.9M params."""
-    return _build('spach_xs_patch16_224_attn', pretrained, kwargs,
-                  net_arch=_ss('attn', 12), embed_dim=384, num_heads=12, **_SS)
+    return _build('spach_xs_patch16_224_attn', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_xs_patch16_224_mlp'])
 def spach_xs_patch16_224_mlp(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-MLP-XS (single stage): 15.9M params (token MLPs tied to img_size)."""
-    return _build('spach_xs_patch16_224_mlp', pretrained, kwargs,
-                  net_arch=_ss('mlp', 24), embed_dim=384, num_heads=12, **_SS)
+    return _build('spach_xs_patch16_224_mlp', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_s_patch16_224_conv'])
 def spach_s_patch16_224_conv(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-Conv-S (single stage): 38.9M params."""
-    return _build('spach_s_patch16_224_conv', pretrained, kwargs,
-                  net_arch=_ss('pass', 24), embed_dim=512, num_heads=16, channel_ratio=3., **_SS)
+    return _build('spach_s_patch16_224_conv', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_s_patch16_224_attn'])
 def spach_s_patch16_224_attn(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-Trans-S (single stage): 32.5M params."""
-    return _build('spach_s_patch16_224_attn', pretrained, kwargs,
-                  net_arch=_ss('attn', 12), embed_dim=512, num_heads=16, channel_ratio=3., **_SS)
+    return _build('spach_s_patch16_224_attn', pretrained, kwargs)
 
 
 @register_visionmix_model(_CARDS['spach_s_patch16_224_mlp'])
 def spach_s_patch16_224_mlp(pretrained: bool = False, **kwargs: Any) -> Spach:
     """SPACH-MLP-S (single stage): 39.8M params (token MLPs tied to img_size)."""
-    return _build('spach_s_patch16_224_mlp', pretrained, kwargs,
-                  net_arch=_ss('mlp', 24), embed_dim=512, num_heads=16, channel_ratio=3., **_SS)
+    return _build('spach_s_patch16_224_mlp', pretrained, kwargs)

@@ -30,7 +30,9 @@ from timm.layers import ClassifierHead, DropPath, Mlp, PatchEmbed, register_notr
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
+from ..errors import VisionmixError
 from ..layers.window_mlp import WindowSpatialMlp, stage_window
+from ..checkpoint import unwrapping
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
 
 __all__ = ['SwinMlp', 'SwinMlpBlock', 'SwinMlpStage', 'PatchMerging', 'checkpoint_filter_fn']
@@ -144,7 +146,7 @@ class SwinMlpStage(nn.Module):
     ) -> None:
         super().__init__()
         if not downsample and dim != out_dim:
-            raise ValueError(f'a stage without downsampling keeps its width, got {dim} -> {out_dim}')
+            raise VisionmixError(f'a stage without downsampling keeps its width, got {dim} -> {out_dim}')
         self.grad_checkpointing = False
         self.downsample = PatchMerging(dim, out_dim, norm_layer) if downsample else nn.Identity()
         self.blocks = nn.Sequential(*[
@@ -208,7 +210,7 @@ class SwinMlp(nn.Module):
     ) -> None:
         super().__init__()
         if len(depths) != len(num_heads):
-            raise ValueError(f'depths {depths} and num_heads {num_heads} differ in length')
+            raise VisionmixError(f'depths {depths} and num_heads {num_heads} differ in length')
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.output_fmt = 'NHWC'
@@ -308,7 +310,7 @@ class SwinMlp(nn.Module):
             The intermediates, or ``(forward_features output (NHWC), intermediates)``.
         """
         if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+            raise VisionmixError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         num_stages = len(self.stages)
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
@@ -359,15 +361,13 @@ class SwinMlp(nn.Module):
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: SwinMlp) -> dict[str, torch.Tensor]:
-    """Map an official Swin-MLP checkpoint (optionally wrapped under ``'model'``) to this layout.
+    """Rename the keys of an official Swin-MLP state dict (unwrapped from its ``'model'`` entry) to this layout.
 
     Official ``layers.i.downsample`` (end of stage i) becomes ``stages.{i+1}.downsample``, ``layers`` -> ``stages``,
     ``head`` -> ``head.fc`` and the grouped-Conv1d spatial weights ``[heads*T, T, 1]`` / ``[heads*T]`` become
     ``[heads, T, T]`` / ``[heads, T]`` (a reshape; T = tokens per window). A dict already in our layout is returned
     unchanged.
     """
-    if isinstance(state_dict.get('model'), Mapping):
-        state_dict = state_dict['model']
     if not any(k.startswith('layers.') for k in state_dict):
         return dict(state_dict)
     target = model.state_dict()
@@ -386,7 +386,7 @@ def _create_swin_mlp(variant: str, pretrained: bool = False, **kwargs: Any) -> S
     out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs.get('depths', (2, 2, 6, 2))))))
     return build_model_with_cfg(
         SwinMlp, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=unwrapping(checkpoint_filter_fn),
         # NHWC stages: the getter wrapper returns NCHW maps through forward_intermediates
         feature_cfg=dict(flatten_sequential=True, out_indices=out_indices, feature_cls='getter'),
         **kwargs)

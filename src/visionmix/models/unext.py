@@ -38,7 +38,9 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import VisionmixError
 from ..layers.shift import AxialShiftMlp
+from ..checkpoint import unwrapping
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
 
 __all__ = ['UNeXt']
@@ -144,7 +146,7 @@ class UNeXt(nn.Module):
     ) -> None:
         super().__init__()
         if len(dims) != 5:
-            raise ValueError(f'UNeXt has five encoder levels, got dims={tuple(dims)}')
+            raise VisionmixError(f'UNeXt has five encoder levels, got dims={tuple(dims)}')
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.grad_checkpointing = False
@@ -203,7 +205,7 @@ class UNeXt(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the 1x1 logits conv (``num_classes`` output channels, at least 1)."""
         if num_classes < 1:
-            raise ValueError('a segmentation head needs num_classes >= 1')
+            raise VisionmixError('a segmentation head needs num_classes >= 1')
         self.num_classes = num_classes
         self.head = nn.Conv2d(self.dims[0], num_classes, 1)
 
@@ -238,7 +240,7 @@ class UNeXt(nn.Module):
             intermediates_only: Return only the intermediates.
         """
         if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+            raise VisionmixError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(5, indices)
         H, W = x.shape[-2:]
         maps = self._encode(self._pad(x), max_index if stop_early or intermediates_only else 4)
@@ -251,10 +253,12 @@ class UNeXt(nn.Module):
             prune_norm: bool = False,
             prune_head: bool = True,
     ) -> list[int]:
-        """Drop the decoder, the head and the encoder levels after the last selected one."""
+        """Drop the decoder, the head and the encoder levels after the last selected one (``forward_features`` then
+        ends at that level, and ``num_features`` is its width)."""
         take_indices, max_index = feature_take_indices(5, indices)
         for i in range(max_index + 1, 5):
             setattr(self, f'enc{i + 1}', nn.Identity())
+        self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
         if prune_head:
             for name in ('dec1', 'dec2', 'dec3', 'dec4', 'dec5', 'head'):
                 setattr(self, name, nn.Identity())
@@ -280,16 +284,12 @@ class UNeXt(nn.Module):
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map an official UNeXt checkpoint (``UNext`` / ``UNext_S`` attribute names) to ours; ours passes through.
+    """Rename the keys of an official UNeXt state dict (``UNext`` / ``UNext_S`` attribute names) to ours; ours
+    passes through.
 
-    The official training saves a bare ``state_dict`` (``model.pth``); ``module.`` prefixes (DataParallel) and a
-    ``state_dict`` / ``model`` wrapper are removed.
+    The official training saves a bare ``state_dict`` (``model.pth``), often with DataParallel's ``module.``
+    prefixes, which :func:`visionmix.checkpoint.unwrap_state_dict` removes before this filter runs.
     """
-    for key in ('state_dict', 'model'):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-            break
-    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
     if 'encoder1.weight' not in state_dict:
         return state_dict
     renames = {
@@ -318,7 +318,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[s
 def _create_unext(variant: str, pretrained: bool = False, **kwargs: Any) -> UNeXt:
     return build_model_with_cfg(
         UNeXt, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=unwrapping(checkpoint_filter_fn),
         feature_cfg=dict(feature_cls='getter', out_indices=kwargs.pop('out_indices', (0, 1, 2, 3, 4))),
         **kwargs,
     )

@@ -11,6 +11,7 @@ import timm
 import torch
 import torch.nn as nn
 
+from ..errors import VisionmixError, first_line
 from ..registry import ModelCard, MACS_COUNTER, create_model, model_card
 from .counting import count_macs, count_params
 from .measure import TRAIN_STEP, Stats, TrainStep, gemm_peak_gflops, num_threads, time_calls, time_interleaved
@@ -25,7 +26,7 @@ MODES = ('infer', 'train', 'both')
 TRAIN_FLOPS_PER_MAC = 6
 
 
-class ProfileError(ValueError):
+class ProfileError(VisionmixError):
     """A model cannot be profiled as asked (bad argument, an input size it cannot take, a failing step)."""
 
 
@@ -186,11 +187,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-
 def _size_str(input_size: Sequence[int]) -> str:
     return 'x'.join(str(s) for s in input_size)
 
@@ -250,7 +246,7 @@ def _subject(model_or_name: nn.Module | str, img_size: int | Sequence[int] | Non
     try:  # work on a copy: channels-last conversion and training steps must not touch the caller's model
         model = copy.deepcopy(model_or_name)
     except Exception as e:  # noqa: BLE001
-        raise ProfileError(f'cannot copy the model to profile it: {_first_line(e)}') from None
+        raise ProfileError(f'cannot copy the model to profile it: {first_line(e)}') from None
     return _Subject(name or type(model_or_name).__name__, 'module', model, None, model_or_name,
                     _input_size(img_size, default))
 
@@ -261,7 +257,7 @@ def _count_macs(subject: _Subject) -> int:
         return count_macs(subject.model, subject.input_size)
     except Exception as e:  # noqa: BLE001 - any failure of the forward means the same thing to the user
         raise ProfileError(f'model {subject.name} cannot take input {_size_str(subject.input_size)}: '
-                           f'{_first_line(e)}') from None
+                           f'{first_line(e)}') from None
 
 
 def _prepare(subject: _Subject, channels_last: bool, compile: bool) -> tuple[nn.Module, Callable]:
@@ -285,7 +281,7 @@ def _guard(subject: _Subject, what: str, batch: int, fn: Callable[[], Any]) -> A
         raise
     except Exception as e:  # noqa: BLE001
         raise ProfileError(f'model {subject.name} failed {what} at batch {batch}, input '
-                           f'{_size_str(subject.input_size)}: {_first_line(e)}') from None
+                           f'{_size_str(subject.input_size)}: {first_line(e)}') from None
 
 
 class _Ticker:
@@ -355,69 +351,85 @@ def profile_model(
     """
     _check_args(batch_size, warmup, iters, mode, threads)
     subject = _subject(model_or_name, img_size, name, model_kwargs)
-    card = subject.card
     ticker = _Ticker(progress)
     with num_threads(threads) as used_threads:
-        params, trainable = count_params(subject.model), count_params(subject.model, trainable_only=True)
         macs = _count_macs(subject)
-        gmacs = macs / 1e9
-        reference = None if card is None else (card.paper_gmacs if card.paper_gmacs is not None else card.gmacs)
-        deviation = None
-        if reference and tuple(card.input_size) == subject.input_size:
-            deviation = (gmacs - reference) / reference * 100
-        result = ProfileResult(
-            model=subject.name, source=subject.source, input_size=subject.input_size, batch_size=batch_size,
-            threads=used_threads, channels_last=channels_last, compiled=compile, mode=mode, warmup=warmup,
-            iters=iters, params=params, trainable_params=trainable, card_params=None if card is None else card.params,
-            gmacs=gmacs, macs_counter=MACS_COUNTER, paper_gmacs=reference, macs_deviation_pct=deviation)
-
+        result = _new_result(subject, macs, batch_size, used_threads, channels_last, compile, mode, warmup, iters)
         model, run = _prepare(subject, channels_last, compile)
-        loops = warmup + iters
         if mode in ('infer', 'both'):
-            model.eval()
-            for batch in sorted({1, batch_size}):
-                x = _make_input(batch, subject.input_size, channels_last)
-
-                def forward(x: torch.Tensor = x) -> None:
-                    with torch.inference_mode():
-                        run(x)
-
-                tick = ticker.start(f'{subject.name}: inference, batch {batch}', loops)
-                times = _guard(subject, 'inference', batch, lambda: time_calls(forward, warmup, iters, tick))
-                if batch == 1:
-                    result.latency_ms = Stats.of([t * 1e3 for t in times])
-                if batch == batch_size:
-                    result.infer_img_s = Stats.of([batch / t for t in times])
+            _time_inference(subject, result, model, run, ticker)
         if mode in ('train', 'both'):
-            step = TrainStep(model, _make_input(batch_size, subject.input_size, channels_last), forward=run)
-            tick = ticker.start(f'{subject.name}: training step, batch {batch_size}', loops)
-            times = _guard(subject, 'a training step', batch_size, lambda: time_calls(step, warmup, iters, tick))
-            result.train_img_s = Stats.of([batch_size / t for t in times])
-            model.eval()
+            _time_training(subject, result, model, run, ticker)
         ticker.done()
-
-        peak = gemm_peak_gflops()
-        result.gemm_peak_gflops = peak
-        if result.infer_img_s is not None:
-            result.infer_gflops = 2 * macs * result.infer_img_s.median / 1e9
-            result.infer_peak_pct = 100 * result.infer_gflops / peak
-        if result.train_img_s is not None:
-            result.train_gflops = TRAIN_FLOPS_PER_MAC * macs * result.train_img_s.median / 1e9
-            result.train_peak_pct = 100 * result.train_gflops / peak
-
+        _achieved_gflops(result, macs)
+        mem = MemoryResult(None, None, 'not measured', 'switched off (--no-memory)')
         if memory:
-            if progress is not None:
-                task = progress.add_task(f'{subject.name}: peak memory (child process)', total=None)
+            task = progress.add_task(f'{subject.name}: peak memory (child process)', total=None) if progress else None
             mem = measure_peak_memory(
                 subject.spec, subject.input_size, batch_size, threads=used_threads, channels_last=channels_last,
                 forward=mode in ('infer', 'both'), train=mode in ('train', 'both'), model_kwargs=model_kwargs)
             if progress is not None:
                 progress.remove_task(task)
-        else:
-            mem = MemoryResult(None, None, 'not measured', 'switched off (--no-memory)')
         result.forward_peak_mb, result.train_peak_mb = mem.forward_mb, mem.train_mb
         result.memory_method, result.memory_note = mem.method, mem.note
     return result
+
+
+def _new_result(subject: _Subject, macs: int, batch_size: int, threads: int, channels_last: bool, compile: bool,
+                mode: Mode, warmup: int, iters: int) -> ProfileResult:
+    """The result with everything known before timing: params, MACs and their deviation from the card."""
+    card, gmacs = subject.card, macs / 1e9
+    reference = None if card is None else (card.paper_gmacs if card.paper_gmacs is not None else card.gmacs)
+    deviation = None
+    if reference and tuple(card.input_size) == subject.input_size:
+        deviation = (gmacs - reference) / reference * 100
+    return ProfileResult(
+        model=subject.name, source=subject.source, input_size=subject.input_size, batch_size=batch_size,
+        threads=threads, channels_last=channels_last, compiled=compile, mode=mode, warmup=warmup, iters=iters,
+        params=count_params(subject.model), trainable_params=count_params(subject.model, trainable_only=True),
+        card_params=None if card is None else card.params, gmacs=gmacs, macs_counter=MACS_COUNTER,
+        paper_gmacs=reference, macs_deviation_pct=deviation)
+
+
+def _time_inference(subject: _Subject, result: ProfileResult, model: nn.Module, run: Callable,
+                    ticker: _Ticker) -> None:
+    """Batch-1 latency and batch-N throughput, each over ``warmup + iters`` calls."""
+    model.eval()
+    for batch in sorted({1, result.batch_size}):
+        x = _make_input(batch, subject.input_size, result.channels_last)
+
+        def forward(x: torch.Tensor = x) -> None:
+            with torch.inference_mode():
+                run(x)
+
+        tick = ticker.start(f'{subject.name}: inference, batch {batch}', result.warmup + result.iters)
+        times = _guard(subject, 'inference', batch, lambda: time_calls(forward, result.warmup, result.iters, tick))
+        if batch == 1:
+            result.latency_ms = Stats.of([t * 1e3 for t in times])
+        if batch == result.batch_size:
+            result.infer_img_s = Stats.of([batch / t for t in times])
+
+
+def _time_training(subject: _Subject, result: ProfileResult, model: nn.Module, run: Callable,
+                   ticker: _Ticker) -> None:
+    batch = result.batch_size
+    step = TrainStep(model, _make_input(batch, subject.input_size, result.channels_last), forward=run)
+    tick = ticker.start(f'{subject.name}: training step, batch {batch}', result.warmup + result.iters)
+    times = _guard(subject, 'a training step', batch, lambda: time_calls(step, result.warmup, result.iters, tick))
+    result.train_img_s = Stats.of([batch / t for t in times])
+    model.eval()
+
+
+def _achieved_gflops(result: ProfileResult, macs: int) -> None:
+    """GFLOP/s of the median throughputs and their share of this machine's measured fp32 GEMM peak."""
+    peak = gemm_peak_gflops()
+    result.gemm_peak_gflops = peak
+    if result.infer_img_s is not None:
+        result.infer_gflops = 2 * macs * result.infer_img_s.median / 1e9
+        result.infer_peak_pct = 100 * result.infer_gflops / peak
+    if result.train_img_s is not None:
+        result.train_gflops = TRAIN_FLOPS_PER_MAC * macs * result.train_img_s.median / 1e9
+        result.train_peak_pct = 100 * result.train_gflops / peak
 
 
 def profile_models(models: Sequence[nn.Module | str], *, show_progress: bool = True,

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..errors import first_line
 from .measure import TrainStep, num_threads
 
 __all__ = ['MemoryResult', 'measure_peak_memory', 'PROC_METHOD', 'RUSAGE_METHOD']
@@ -51,11 +52,6 @@ class MemoryResult:
     train_mb: float | None
     method: str
     note: str = ''
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f'{type(e).__name__}: {text[0]}' if text else type(e).__name__
 
 
 def _status_kib(field: str) -> int:
@@ -142,7 +138,7 @@ def _child(conn: Any, threads: int, *args: Any) -> None:
         torch.set_num_threads(threads)
         conn.send(_measure(*args))
     except BaseException as e:  # the parent reports it; a child traceback would only be noise
-        conn.send({'error': _first_line(e)})
+        conn.send({'error': first_line(e)})
     finally:
         conn.close()
 
@@ -186,7 +182,7 @@ def measure_peak_memory(
         try:
             pickle.dumps(model_or_name)
         except Exception as e:  # noqa: BLE001 - any pickling failure means the same thing here
-            return MemoryResult(None, None, 'not measured', f'model cannot be pickled to the child: {_first_line(e)}')
+            return MemoryResult(None, None, 'not measured', f'model cannot be pickled to the child: {first_line(e)}')
         spec = ('module', model_or_name)
     measure_args = (spec, tuple(input_size), batch_size, channels_last, forward, train)
     if in_process:
@@ -194,7 +190,7 @@ def measure_peak_memory(
             try:
                 result = _measure(*measure_args)
             except Exception as e:  # noqa: BLE001
-                return MemoryResult(None, None, 'not measured', f'measurement failed: {_first_line(e)}')
+                return MemoryResult(None, None, 'not measured', f'measurement failed: {first_line(e)}')
         return MemoryResult(result['forward_mb'], result['train_mb'], result['method'].replace(
             'in a spawned child', 'in this process'))
     ctx = mp.get_context('spawn')
@@ -207,7 +203,7 @@ def measure_peak_memory(
     try:
         process.start()
     except Exception as e:  # noqa: BLE001 - e.g. a module that pickles but not under spawn
-        return MemoryResult(None, None, 'not measured', f'could not start the memory child: {_first_line(e)}')
+        return MemoryResult(None, None, 'not measured', f'could not start the memory child: {first_line(e)}')
     finally:
         if saved is None:
             os.environ.pop('MALLOC_MMAP_THRESHOLD_', None)

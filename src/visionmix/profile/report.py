@@ -10,6 +10,8 @@ from typing import Any
 
 from rich.table import Table
 
+from ..errors import VisionmixError
+from ..reporting import fmt, pyplot
 from .core import Comparison, ProfileResult
 from .measure import Stats
 
@@ -18,10 +20,6 @@ __all__ = ['FORMATS', 'profile_rows', 'comparison_rows', 'profile_table', 'compa
 
 FORMATS = ('table', 'json', 'csv', 'md')
 _SUFFIX_FORMATS = {'.json': 'json', '.csv': 'csv', '.md': 'md', '.markdown': 'md'}
-
-
-def _num(value: float | None, spec: str = '.2f') -> str:
-    return '-' if value is None else format(value, spec)
 
 
 def _stat(stats: Stats | None, spec: str = '.1f') -> str:
@@ -103,10 +101,10 @@ def profile_table(results: Sequence[ProfileResult]) -> Table:
         gflops, pct = (r.infer_gflops, r.infer_peak_pct) if r.infer_gflops is not None else (r.train_gflops,
                                                                                                r.train_peak_pct)
         table.add_row(
-            r.model, _size(r.input_size), f'{r.params / 1e6:.2f}M{card}', f'{r.gmacs:.3f}', _num(r.paper_gmacs, '.3f'),
-            _num(r.macs_deviation_pct, '+.1f'), _stat(r.latency_ms, '.2f'), _stat(r.infer_img_s),
-            _stat(r.train_img_s), _num(r.forward_peak_mb, '.0f'), _num(r.train_peak_mb, '.0f'), _num(gflops, '.1f'),
-            _num(pct, '.1f'))
+            r.model, _size(r.input_size), f'{r.params / 1e6:.2f}M{card}', f'{r.gmacs:.3f}', fmt(r.paper_gmacs, '.3f'),
+            fmt(r.macs_deviation_pct, '+.1f'), _stat(r.latency_ms, '.2f'), _stat(r.infer_img_s),
+            _stat(r.train_img_s), fmt(r.forward_peak_mb, '.0f'), fmt(r.train_peak_mb, '.0f'), fmt(gflops, '.1f'),
+            fmt(pct, '.1f'))
     return table
 
 
@@ -160,7 +158,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def render(items: Sequence[ProfileResult] | Sequence[Comparison], fmt: str) -> str:
     """Profiles or comparisons as 'json', 'csv' or 'md' text."""
     if fmt not in ('json', 'csv', 'md'):
-        raise ValueError(f'unknown format {fmt!r}; choose from json, csv, md')
+        raise VisionmixError(f'unknown format {fmt!r}; choose from json, csv, md')
     comparisons = bool(items) and isinstance(items[0], Comparison)
     if fmt == 'json':
         return json.dumps([item.to_dict() for item in items], indent=2) + '\n'
@@ -184,7 +182,7 @@ def format_for_path(path: str | Path, fmt: str | None) -> str:
         return fmt
     suffix = Path(path).suffix.lower()
     if suffix not in _SUFFIX_FORMATS:
-        raise ValueError(f'cannot tell the format of {str(path)!r} from its suffix; pass --format json|csv|md')
+        raise VisionmixError(f'cannot tell the format of {str(path)!r} from its suffix; pass --format json|csv|md')
     return _SUFFIX_FORMATS[suffix]
 
 
@@ -193,11 +191,7 @@ def plot_profiles(points: Sequence[ProfileResult] | Sequence[Comparison], path: 
 
     Throughput is inference at batch N where measured, else training. Comparisons contribute both their models.
     """
-    import matplotlib
-
-    matplotlib.use('Agg')  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     data: list[tuple[str, float, float, float]] = []  # name, gmacs, params (M), img/s
     label = 'img/s'
     for item in points:
@@ -213,7 +207,7 @@ def plot_profiles(points: Sequence[ProfileResult] | Sequence[Comparison], path: 
             label = f'{"inference" if item.infer_img_s else "training"} img/s, batch {item.batch_size}'
             data.append((item.model, item.gmacs, item.params / 1e6, stats.median))
     if not data:
-        raise ValueError('nothing to plot: no throughput was measured')
+        raise VisionmixError('nothing to plot: no throughput was measured')
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True)
     for ax, index, xlabel in ((axes[0], 1, 'GMACs per image'), (axes[1], 2, 'parameters (M)')):
         xs, ys = [d[index] for d in data], [d[3] for d in data]

@@ -1,0 +1,105 @@
+"""Image -> per-pixel logits (B, K, H, W): BCE + Dice for K = 1 (threshold 0.5), CE + Dice for K > 1; Dice, IoU;
+random resized crops and flips that move image and mask together."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from ...errors import ConfigError
+from ..config import TrainConfig
+from ..losses import segmentation_loss
+from ..metrics import evaluate_segmentation, seg_predict
+from .base import StepOutput, Task
+
+__all__ = ['Segmentation', 'JointTransform', 'segmentation_transforms']
+
+
+class JointTransform:
+    """Applies a ``torchvision.transforms.v2`` pipeline to an image and its mask together (masks resample with
+    nearest); returns a float image tensor (3, H, W) and an int64 class-index mask (H, W)."""
+
+    def __init__(self, transform: Callable) -> None:
+        self.transform = transform
+
+    def __call__(self, image: Image.Image, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        from torchvision import tv_tensors
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
+        img, target = self.transform(tv_tensors.Image(pil_to_tensor(image)), tv_tensors.Mask(torch.from_numpy(mask)))
+        return img.as_subclass(torch.Tensor), target.as_subclass(torch.Tensor).long()
+
+    def image(self, image: Image.Image) -> torch.Tensor:
+        """The image alone (prediction, no mask)."""
+        from torchvision import tv_tensors
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
+        return self.transform(tv_tensors.Image(pil_to_tensor(image))).as_subclass(torch.Tensor)
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}({self.transform})'
+
+
+def segmentation_transforms(img_size: int, mean: Any, std: Any, interpolation: str = 'bicubic',
+                            cfg: TrainConfig | None = None) -> tuple[JointTransform | None, JointTransform]:
+    """Train (with ``cfg``: random resized crop and horizontal flip from the recipe) and eval (resize) transforms."""
+    from torchvision.transforms import v2
+
+    interp = v2.InterpolationMode(interpolation)
+    tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]  # images only
+    eval_tf = JointTransform(v2.Compose([v2.Resize((img_size, img_size), interpolation=interp, antialias=True),
+                                         *tail]))
+    if cfg is None:
+        return None, eval_tf
+    train_tf = JointTransform(v2.Compose([
+        v2.RandomResizedCrop((img_size, img_size), scale=cfg.scale, ratio=cfg.ratio, interpolation=interp,
+                             antialias=True),
+        v2.RandomHorizontalFlip(cfg.hflip), *tail]))
+    return train_tf, eval_tf
+
+
+class Segmentation(Task):
+    """Semantic segmentation; the model returns logits at the input size."""
+
+    name, metric, metric_label, val_metrics = 'segmentation', 'dice', 'Dice', ('dice', 'iou')
+    dataset_hint = 'a segmentation dataset'
+
+    def __init__(self, cfg: TrainConfig, info: Any) -> None:
+        super().__init__(cfg, info)
+        self.criterion = segmentation_loss(info.num_classes)
+
+    @classmethod
+    def check_config(cls, cfg: TrainConfig) -> list[str]:
+        if cfg.mixup > 0 or cfg.cutmix > 0:
+            raise ConfigError('mixup / cutmix mix class labels and are classification-only; set mixup=0 and '
+                              'cutmix=0 for a segmentation model')
+        ignored = [f'{k}={getattr(cfg, k)}' for k in ('auto_augment', 'reprob', 'smoothing') if getattr(cfg, k)]
+        if ignored:  # on in some recipes, so a note rather than an error
+            return [f'segmentation ignores the classification-only option(s) {", ".join(ignored)} (its augmentation '
+                    f'is random resized crop + horizontal flip of image and mask together)']
+        return []
+
+    def expected_output(self, img_size: int) -> tuple[int, ...]:
+        return 1, self.num_classes, img_size, img_size
+
+    def transforms(self, dcfg: dict[str, Any]) -> tuple[Callable, Callable]:
+        return segmentation_transforms(self.cfg.img_size, dcfg['mean'], dcfg['std'], dcfg['interpolation'], self.cfg)
+
+    def train_step(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> StepOutput:
+        output = model(inputs)
+        loss = self.criterion(output.float(), targets)
+        # Pixel Dice pooled over the epoch and the foreground classes: 2 TP / (|pred| + |target|).
+        pred = seg_predict(output.detach())
+        fg_pred, fg_true = pred > 0, targets > 0
+        tp = (fg_pred & (pred == targets)).sum().item()
+        return StepOutput(loss, 2 * tp, fg_pred.sum().item() + fg_true.sum().item())
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device | str = 'cpu',
+                 channels_last: bool = False, full: bool = False) -> dict[str, Any]:
+        return evaluate_segmentation(model, loader, self.num_classes, device=device, channels_last=channels_last,
+                                     full=full)
