@@ -97,7 +97,7 @@ def main() -> None:
         state = random_state(ref)
         ref.load_state_dict(state)
         ours = visionmix.create_model(name)
-        ours.load_state_dict(checkpoint_filter_fn({'model': state}, ours), strict=True)
+        ours.load_state_dict(checkpoint_filter_fn(state, ours), strict=True)
         ref.eval()
         ours.eval()
         with torch.inference_mode():

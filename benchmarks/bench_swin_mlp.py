@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, p in official.named_parameters():
             p.normal_(1.0 if 'norm' in name and name.endswith('weight') else 0.0, 0.05)
     ours = visionmix.create_model(args.model).eval()
-    ours.load_state_dict(checkpoint_filter_fn({'model': official.state_dict()}, ours), strict=True)
+    ours.load_state_dict(checkpoint_filter_fn(official.state_dict(), ours), strict=True)
 
     size = official_args['img_size']
     x = torch.randn(args.batch_size, 3, size, size)

@@ -65,3 +65,23 @@ def test_bad_family_is_rejected_by_argparse(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(['models', '--family', 'mlpp'])
     assert exit_info.value.code == 2 and 'invalid choice' in capsys.readouterr().err
+
+
+def test_any_timm_name_works_in_every_command(tmp_path, capsys):
+    """The issue's new-user commands: profile resnet18, train --model convnext_atto, compare two timm CNNs."""
+    assert main(['profile', 'resnet18', '--img-size', '32', '--batch-size', '2', '--iters', '1', '--warmup', '0',
+                 '--no-memory', '--mode', 'infer', '--format', 'json']) == 0
+    assert json.loads(capsys.readouterr().out)[0]['model'] == 'resnet18'
+    assert main(['train', '--model', 'convnext_atto', '--dataset', 'synthetic:8', '--epochs', '1', '--img-size', '32',
+                 '--batch-size', '4', '--threads', '1', '--output', str(tmp_path / 'run')]) == 0
+    assert (tmp_path / 'run' / 'last.safetensors').is_file()
+    assert main(['compare', '--models', 'efficientnet_b0', 'regnety_002', '--dataset', 'synthetic:8', '--epochs', '1',
+                 '--img-size', '32', '--no-profile', '--set', 'batch_size=4', '--set', 'threads=1', '--output',
+                 str(tmp_path / 'cmp')]) == 0
+    report = (tmp_path / 'cmp' / 'report.md').read_text()
+    assert 'efficientnet_b0' in report and 'regnety_002' in report
+    capsys.readouterr()
+    assert main(['models', '--all', 'convnext_at']) == 0
+    assert 'convnext_atto' in capsys.readouterr().out
+    assert main(['card', 'tv:resnet18', '--json']) == 0
+    assert json.loads(capsys.readouterr().out)['source'] == 'torchvision'

@@ -298,3 +298,16 @@ def test_progress_bar_on_a_terminal_shows_loss_accuracy_lr_speed_and_eta(tmp_pat
     quiet = io.StringIO()  # not a terminal (a log file, CI): only the per-epoch lines
     train(tiny(tmp_path, 'quiet', epochs=1, limit_train=64), console=Console(file=quiet), progress=True)
     assert '\u2501' not in quiet.getvalue() and 'epoch 1/1' in quiet.getvalue()
+
+
+def test_device_for_rank_gives_each_rank_its_gpu(monkeypatch):
+    """torchrun's LOCAL_RANK picks the GPU (rank 0 included: cuda:0, never 'no device'); CPU without CUDA."""
+    from visionmix.engine.trainer import device_for_rank
+
+    assert device_for_rank(0, cuda=True) == torch.device('cuda', 0)
+    assert device_for_rank(3, cuda=True) == torch.device('cuda', 3)
+    assert device_for_rank(1, cuda=False) == torch.device('cpu')
+    monkeypatch.setenv('LOCAL_RANK', '2')
+    assert device_for_rank(cuda=True) == torch.device('cuda', 2)
+    monkeypatch.delenv('LOCAL_RANK')
+    assert device_for_rank(cuda=True).index == 0

@@ -137,3 +137,55 @@ def test_wrong_input_channels_or_rank_is_one_clear_error(name):
     with pytest.raises(ValueError, match='in_chans'):
         four(torch.randn(1, 3, 64, 64))
     assert four(torch.randn(1, 4, 64, 64)).shape == (1, 3)
+
+
+# ----------------------------------------------------------------------------------- every timm and torchvision name
+
+def test_any_timm_name_has_a_generic_card_and_builds():
+    card = visionmix.model_card('convnext_atto')
+    assert card.source == 'timm' and not card.curated and card.family == 'conv'
+    assert card.params == sum(p.numel() for p in timm.create_model('convnext_atto').parameters())
+    assert visionmix.model_card('vit_tiny_patch16_224').family == 'transformer'
+    assert visionmix.model_card('resnet18').arxiv == '2110.00476'  # from timm's pretrained_cfg (paper_ids)
+    model = visionmix.create_model('regnety_002', num_classes=4).eval()
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 4)
+    assert 'convnext_atto' not in visionmix.list_models()  # the curated list stays curated
+    everything = visionmix.list_models(include_all=True)
+    assert {'convnext_atto', 'resnet18', 'tv:resnet18', 'tv:googlenet', 'hire_mlp_tiny'} <= set(everything)
+    assert len(everything) > 1300
+    assert visionmix.list_models('tv:res*', include_all=True, source='torchvision')[:2] == ['tv:resnet101',
+                                                                                           'tv:resnet152']
+
+
+def test_torchvision_names_through_the_tv_prefix():
+    card = visionmix.model_card('tv:resnet18')
+    assert card.source == 'torchvision' and card.params == 11_689_512 and card.family == 'conv'
+    assert visionmix.model_card('tv:vit_b_16').family == 'transformer'
+    model = visionmix.create_model('tv:mobilenet_v3_small', num_classes=3).eval()
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    assert type(visionmix.create_model('tv:googlenet')).__name__ == type(visionmix.create_model('googlenet')).__name__
+    with pytest.raises(UnknownModelError, match='tv:resnet18'):
+        visionmix.create_model('tv:resnt18')
+    with pytest.raises(TypeError, match='bogus'):
+        visionmix.create_model('tv:resnet18', bogus=1)
+
+
+def test_checkpoint_loading_is_strict_and_keeps_the_family_filter(tmp_path):
+    from visionmix.checkpoint import save_checkpoint
+
+    model = visionmix.create_model('resnet18', num_classes=3)
+    save_checkpoint(model, tmp_path / 'w.safetensors')
+    assert visionmix.registry.checkpoint_filter_for('hire_mlp_tiny') is not None
+    assert visionmix.registry.checkpoint_filter_for('resnet18') is None
+    visionmix.load_checkpoint(visionmix.create_model('resnet18', num_classes=3), tmp_path / 'w.safetensors')
+    with pytest.raises(CheckpointError, match='shape mismatches'):
+        visionmix.load_checkpoint(visionmix.create_model('resnet18', num_classes=5), tmp_path / 'w.safetensors')
+
+
+def test_misspelt_per_run_spatial_option_is_refused():
+    with pytest.raises(visionmix.VisionmixError, match=r"'window_mlp' takes no option\(s\) \['window_sise'\]"):
+        visionmix.create_model('spach_ms', net_arch=[[('window_mlp', 1, {'window_sise': 4})]], img_size=32)
+    model = visionmix.create_model('spach_ms', net_arch=[[('window_mlp', 1, {'window_size': 4})]], img_size=32)
+    assert model.stages[0].blocks[0].token_mixer.window_size == (4, 4)
+    # model-wide options are shared by every spatial function of a model, so those are filtered, not refused
+    visionmix.create_model('spach_ms', net_arch=[['pass', 1], ['attn', 1]], spatial_kwargs={'window_size': 4})

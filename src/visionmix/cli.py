@@ -312,9 +312,15 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_predict(args: argparse.Namespace, console: Console) -> int:
+    import warnings
+
     from .engine.evaluate import predict
 
-    results = predict(args.checkpoint, args.images, topk=args.topk, output=args.output)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        results = predict(args.checkpoint, args.images, topk=args.topk, output=args.output, strict=args.strict)
+    for warning in caught:  # e.g. unreadable images that were skipped: one line each, on stderr
+        Console(stderr=True).print(f'warning: {warning.message}', style='yellow', highlight=False, markup=False)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -334,8 +340,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                                    "probabilities, class names from the checkpoint, preprocessing from the model's "
                                    "pretrained_cfg. A segmentation checkpoint writes <stem>_mask.png per image to "
                                    "--output.")
-    p.add_argument('images', nargs='+', metavar='IMAGE')
+    p.add_argument('images', nargs='+', metavar='IMAGE', help='image files, folders (searched recursively) or globs')
     p.add_argument('--checkpoint', required=True, help='run directory or .safetensors file')
+    p.add_argument('--strict', action='store_true', help='stop at the first unreadable image (default: skip it)')
     p.add_argument('--topk', type=int, default=5)
     p.add_argument('--output', default='predictions',
                    help='directory for the mask PNGs of a segmentation checkpoint (default predictions)')

@@ -1,30 +1,30 @@
 """``visionmix eval`` and ``visionmix predict``: load a trained checkpoint by its metadata and use it.
 
-Classification checkpoints give top-1 / top-5, per-class accuracy and a confusion matrix (eval) and top-k classes
-(predict); segmentation checkpoints give Dice / IoU (eval) and mask PNGs (predict).
+The checkpoint's task does the work (:meth:`Task.eval_report`, :meth:`Task.predict_images`): top-1 / top-5,
+per-class accuracy and a confusion matrix for a classifier, Dice / IoU and mask PNGs for a segmentation model, ...
+This module finds the checkpoint, rebuilds the model, lists and reads the images.
 """
 from __future__ import annotations
 
+import glob
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from PIL import Image, UnidentifiedImageError
 
 from ..checkpoint import load_checkpoint
-from ..data import DataError, build_datasets
+from ..data import IMG_EXTENSIONS, DataError, build_datasets
 from ..errors import CheckpointError, VisionmixError
-from ..reporting import pyplot
 from .building import build_model
-from .metrics import THRESHOLD, evaluate, evaluate_segmentation, seg_predict
-from .tasks import model_task, resolve_task, segmentation_transforms
+from .tasks import get_task, model_task, resolve_task
 
-__all__ = ['EvalError', 'load_trained', 'run_eval', 'predict', 'plot_confusion']
+__all__ = ['EvalError', 'load_trained', 'run_eval', 'predict', 'expand_images', 'read_metadata']
+
+WEIGHT_FILES = ('best.safetensors', 'last.safetensors')
 
 
 class EvalError(VisionmixError):
@@ -34,7 +34,7 @@ class EvalError(VisionmixError):
 def _resolve(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
-        for name in ('best.safetensors', 'last.safetensors'):
+        for name in WEIGHT_FILES:
             if (path / name).is_file():
                 return path / name
         raise EvalError(f'{path} holds no best.safetensors or last.safetensors (is it a visionmix run directory?)')
@@ -44,6 +44,7 @@ def _resolve(path: str | Path) -> Path:
 
 
 def read_metadata(path: Path) -> dict[str, str]:
+    """The training metadata of a weights file ``visionmix train`` wrote (last / best and every epoch snapshot)."""
     from safetensors import safe_open
 
     try:
@@ -69,12 +70,14 @@ def load_trained(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
                 classes=json.loads(meta['classes']), img_size=int(meta['img_size']), mean=json.loads(meta['mean']),
                 std=json.loads(meta['std']), interpolation=meta['interpolation'], epoch=int(meta['epoch']),
                 dataset=meta['dataset'], checkpoint=str(path), weights=meta.get('weights', 'model'),
-                task=model_task(meta['model']))
+                task=meta.get('task') or model_task(meta['model']))
+    # the metadata holds every builder argument the run used (the task's output count among them); runs written
+    # before it did hold only the user's, and the class count
     model = build_model(info['model'], len(info['classes']), info['img_size'], info['model_kwargs'])
     try:
         load_checkpoint(model, path, strict=True)
     except CheckpointError as e:
-        raise EvalError(str(e).splitlines()[0]) from None
+        raise EvalError(str(e)) from None
     model.pretrained_cfg = dict(getattr(model, 'pretrained_cfg', None) or {}, input_size=(3, info['img_size'],
                                 info['img_size']), mean=tuple(info['mean']), std=tuple(info['std']),
                                 interpolation=info['interpolation'], crop_pct=1.0, num_classes=len(info['classes']))
@@ -82,163 +85,75 @@ def load_trained(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, info
 
 
-def _eval_transform(model: nn.Module):
-    from timm.data import create_transform, resolve_data_config
-
-    return create_transform(**resolve_data_config({}, model=model), is_training=False)
-
-
-def plot_confusion(confusion: list[list[int]], classes: Sequence[str], path: Path, title: str = '') -> Path:
-    plt = pyplot()
-    n = len(classes)
-    size = min(12, 2 + 0.45 * n)
-    fig, ax = plt.subplots(figsize=(size, size))
-    im = ax.imshow(confusion, cmap='Blues')
-    if n <= 30:
-        ax.set_xticks(range(n), classes, rotation=90)
-        ax.set_yticks(range(n), classes)
-        if n <= 15:
-            for i in range(n):
-                for j in range(n):
-                    ax.text(j, i, str(confusion[i][j]), ha='center', va='center', fontsize=7)
-    ax.set_xlabel('predicted')
-    ax.set_ylabel('true')
-    ax.set_title(title or 'confusion matrix')
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def run_eval(checkpoint: str | Path, dataset: str | None = None, output: str | Path | None = None,
              batch_size: int = 128, skip_corrupt: bool = False) -> dict[str, Any]:
-    """Top-1 / top-5, per-class accuracy and the confusion matrix on the val split; writes ``eval.json`` and
-    ``confusion.png`` to ``output`` (default: next to the checkpoint). A segmentation checkpoint gives Dice and IoU
-    (overall and per class) in ``eval.json``."""
-    model, info = load_trained(checkpoint)
-    spec = dataset or info['dataset']
-    task = resolve_task(info['model'], spec)
-    _, val_ds, data_info = build_datasets(spec, img_size=info['img_size'], skip_corrupt=skip_corrupt)
-    if data_info.classes != info['classes']:
+    """Evaluate a trained checkpoint on the val split of its dataset (or ``dataset``): the task's full metrics in
+    ``eval.json`` (and its plots) in ``output`` (default: next to the checkpoint)."""
+    model, trained = load_trained(checkpoint)
+    spec = dataset or trained['dataset']
+    task = resolve_task(trained['model'], spec)
+    _, val_ds, data_info = build_datasets(spec, img_size=trained['img_size'], skip_corrupt=skip_corrupt)
+    if data_info.classes != trained['classes']:
         raise DataError(f'dataset {spec!r} has classes {data_info.classes[:10]}, the checkpoint was trained on '
-                        f'{info["classes"][:10]}')
-    if task.name == 'segmentation':
-        return _run_eval_segmentation(model, info, val_ds, spec, output, batch_size)
-    val_ds.transform = _eval_transform(model)
-    metrics = evaluate(model, DataLoader(val_ds, batch_size=batch_size), len(info['classes']), full=True)
-    out_dir = Path(output) if output else Path(info['checkpoint']).parent
+                        f'{trained["classes"][:10]}')
+    out_dir = Path(output) if output else Path(trained['checkpoint']).parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = dict(checkpoint=info['checkpoint'], model=info['model'], model_kwargs=info['model_kwargs'],
-                  dataset=spec, split='val', num_images=metrics['num_images'], top1=metrics['top1'],
-                  top5=metrics['top5'], loss=metrics['loss'],
-                  per_class=dict(zip(info['classes'], metrics['per_class'])), confusion=metrics['confusion'],
-                  classes=info['classes'])
-    (out_dir / 'eval.json').write_text(json.dumps(result, indent=2))
-    plot_confusion(metrics['confusion'], info['classes'], out_dir / 'confusion.png',
-                   title=f'{info["model"]} on {spec}: top-1 {metrics["top1"]:.2f}%')
-    result['files'] = [str(out_dir / 'eval.json'), str(out_dir / 'confusion.png')]
-    return result
+    return task.eval_report(model, dict(trained, eval_dataset=spec), val_ds, batch_size, out_dir)
 
 
-def _foreground_classes(classes: list[str]) -> list[str]:
-    return classes if len(classes) == 1 else classes[1:]  # K > 1: class 0 is the background
+def expand_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files from files, folders (their images, recursively, sorted) and glob patterns, in the given order.
+
+    Raises:
+        EvalError: An input that names nothing (a missing file, an empty folder, a pattern without matches).
+    """
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob('*') if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+            if not files:
+                raise EvalError(f'folder {path} holds no images ({", ".join(IMG_EXTENSIONS)})')
+        elif path.exists():
+            files = [path]
+        elif glob.has_magic(str(item)):
+            files = sorted(Path(p) for p in glob.glob(str(item), recursive=True) if Path(p).is_file())
+            if not files:
+                raise EvalError(f'no file matches {item}')
+        else:
+            raise EvalError(f'image {path} does not exist')
+        found += files
+    return found
 
 
-def _run_eval_segmentation(model: nn.Module, info: dict[str, Any], val_ds: Any, spec: str,
-                           output: str | Path | None, batch_size: int) -> dict[str, Any]:
-    _, val_ds.transform = segmentation_transforms(info['img_size'], info['mean'], info['std'], info['interpolation'])
-    classes = info['classes']
-    metrics = evaluate_segmentation(model, DataLoader(val_ds, batch_size=batch_size), len(classes), full=True)
-    out_dir = Path(output) if output else Path(info['checkpoint']).parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    per_class = {c: dict(dice=d, iou=i) for c, d, i in zip(_foreground_classes(classes), metrics['per_class_dice'],
-                                                           metrics['per_class_iou'])}
-    result = dict(checkpoint=info['checkpoint'], model=info['model'], model_kwargs=info['model_kwargs'], dataset=spec,
-                  split='val', task='segmentation', img_size=info['img_size'], num_images=metrics['num_images'],
-                  dice=metrics['dice'], iou=metrics['iou'], loss=metrics['loss'],
-                  threshold=THRESHOLD if len(classes) == 1 else None, per_class=per_class, classes=classes)
-    (out_dir / 'eval.json').write_text(json.dumps(result, indent=2))
-    result['files'] = [str(out_dir / 'eval.json')]
-    return result
-
-
-def _mask_image(pred: np.ndarray, num_classes: int) -> Any:
-    """Binary: an L-mode PNG, 255 = foreground. K classes: a palette PNG whose pixel values are the class indices."""
-    from PIL import Image
-
-    if num_classes == 1:
-        return Image.fromarray((pred * 255).astype(np.uint8), 'L')
-    import matplotlib
-
-    img = Image.fromarray(pred.astype(np.uint8), 'P')
-    colors = [(0, 0, 0)] + [tuple(int(255 * v) for v in matplotlib.colormaps['tab10'](i % 10)[:3])
-                            for i in range(num_classes - 1)]
-    img.putpalette([v for c in colors for v in c])
-    return img
-
-
-def _predict_masks(model: nn.Module, info: dict[str, Any], images: Sequence[str | Path],
-                   output: str | Path) -> list[dict[str, Any]]:
-    from PIL import Image, UnidentifiedImageError
-
-    _, transform = segmentation_transforms(info['img_size'], info['mean'], info['std'], info['interpolation'])
-    out_dir = Path(output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    classes = info['classes']
-    results, used = [], set()
-    for path in images:
+def _read_images(paths: list[Path], strict: bool) -> tuple[list[tuple[Path, Image.Image]], list[str]]:
+    """(path, RGB image) for every readable file and a line per unreadable one (which stops the run if strict)."""
+    images, skipped = [], []
+    for path in paths:
         try:
             with Image.open(path) as img:
-                rgb = img.convert('RGB')
-        except FileNotFoundError:
-            raise EvalError(f'image {path} does not exist') from None
+                images.append((path, img.convert('RGB')))
         except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise EvalError(f'cannot read image {path}: {e}') from None
-        x = transform.image(rgb).unsqueeze(0)
-        # logits back to the image's own size, then threshold / argmax: a mask aligned with the input file
-        logits = F.interpolate(model(x).float(), size=(rgb.height, rgb.width), mode='bilinear', align_corners=False)
-        pred = seg_predict(logits)[0].numpy()
-        name = f'{Path(path).stem}_mask.png'
-        if name in used:  # two inputs with one stem (other folders): keep both
-            name = f'{Path(path).stem}_{len(used)}_mask.png'
-        used.add(name)
-        _mask_image(pred, len(classes)).save(out_dir / name)
-        fractions = {c: float((pred == i + 1).mean()) for i, c in enumerate(_foreground_classes(classes))}
-        results.append(dict(image=str(path), mask=str(out_dir / name), size=[rgb.width, rgb.height],
-                            foreground=fractions))
-    return results
+            if strict:
+                raise EvalError(f'cannot read image {path}: {e}') from None
+            skipped.append(f'{path}: {e}')
+    return images, skipped
 
 
-@torch.no_grad()
-def predict(checkpoint: str | Path, images: Sequence[str | Path], topk: int = 5,
-            output: str | Path = 'predictions') -> list[dict[str, Any]]:
-    """Top-k classes with probabilities for each image file, using the checkpoint's classes and preprocessing.
+def predict(checkpoint: str | Path, images: Sequence[str | Path], topk: int = 5, output: str | Path = 'predictions',
+            strict: bool = False) -> list[dict[str, Any]]:
+    """The checkpoint task's predictions for image files, folders or glob patterns.
 
-    For a segmentation checkpoint: writes ``<stem>_mask.png`` per image to ``output`` (at the image's size; binary
-    masks 0/255, several classes as a palette PNG of class indices) and returns each mask's path and the fraction of
-    pixels per foreground class.
+    Classifiers give the top-k classes with probabilities; segmentation models write ``<stem>_mask.png`` per image
+    to ``output``. Unreadable images are skipped with a warning (``strict``: the first one is an error), and what
+    could be predicted is returned.
     """
-    from PIL import Image, UnidentifiedImageError
-
     if topk < 1:
         raise EvalError(f'--topk must be >= 1, got {topk}')
-    model, info = load_trained(checkpoint)
-    if info['task'] == 'segmentation':
-        return _predict_masks(model, info, images, output)
-    transform = _eval_transform(model)
-    k = min(topk, len(info['classes']))
-    results = []
-    for path in images:
-        try:
-            with Image.open(path) as img:
-                x = transform(img.convert('RGB')).unsqueeze(0)
-        except FileNotFoundError:
-            raise EvalError(f'image {path} does not exist') from None
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise EvalError(f'cannot read image {path}: {e}') from None
-        probs = model(x).softmax(-1)[0]
-        values, indices = probs.topk(k)
-        results.append(dict(image=str(path), top=[dict(label=info['classes'][i], index=int(i), prob=float(p))
-                                                  for p, i in zip(values.tolist(), indices.tolist())]))
-    return results
+    paths = expand_images(images)
+    model, trained = load_trained(checkpoint)
+    readable, skipped = _read_images(paths, strict)
+    if skipped:
+        warnings.warn(f'skipped {len(skipped)} unreadable image(s) of {len(paths)}: {skipped[0]}'
+                      + (f' (and {len(skipped) - 1} more)' if len(skipped) > 1 else ''), stacklevel=2)
+    return get_task(trained['task']).predict_images(model, trained, readable, Path(output), topk=topk)

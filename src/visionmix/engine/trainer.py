@@ -169,9 +169,11 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 
 
 def weights_metadata(cfg: TrainConfig, classes: list[str], dcfg: dict[str, Any], epoch: int, score: float,
-                     ema: bool, task: type[Task] | Task) -> dict[str, str]:
-    """Everything eval / predict need to rebuild the model, as safetensors string metadata."""
-    return dict(format='visionmix-train', model=cfg.model, model_kwargs=json.dumps(cfg.model_kwargs),
+                     ema: bool, task: type[Task] | Task, model_kwargs: dict[str, Any] | None = None) -> dict[str, str]:
+    """Everything eval / predict need to rebuild the model, as safetensors string metadata (``model_kwargs``: the
+    builder's arguments, default the recipe's)."""
+    kwargs = dict(cfg.model_kwargs if model_kwargs is None else model_kwargs)
+    return dict(format='visionmix-train', model=cfg.model, model_kwargs=json.dumps(kwargs),
                 num_classes=str(len(classes)), classes=json.dumps(classes), img_size=str(cfg.img_size),
                 mean=json.dumps(list(dcfg['mean'])), std=json.dumps(list(dcfg['std'])),
                 interpolation=dcfg['interpolation'], epoch=str(epoch), dataset=cfg.dataset,
@@ -251,9 +253,10 @@ class Trainer:
     def build_model(self) -> None:
         cfg, task = self.cfg, self.task
         seed_epoch(cfg.seed, -1)  # model init depends on the seed only
-        kwargs = {**task.model_kwargs(), **cfg.model_kwargs}
+        # everything the builder gets goes into the weights' metadata, so eval / predict rebuild the same model
+        self.build_kwargs = {**task.model_kwargs(), **cfg.model_kwargs}
         self.model = build_for_input(cfg.model, cfg.img_size,
-                                     lambda side: build_model(cfg.model, None, side, kwargs, cfg.drop_path),
+                                     lambda side: build_model(cfg.model, None, side, self.build_kwargs, cfg.drop_path),
                                      task.output_error)
         self.dcfg = data_config(self.model, cfg.img_size, cfg.interpolation)
         self.model.pretrained_cfg = dict(getattr(self.model, 'pretrained_cfg', None) or {}, **{
@@ -379,7 +382,7 @@ class Trainer:
             self.best_score, self.best_epoch = score, epoch + 1
         if self.is_main:
             meta = weights_metadata(self.cfg, self.info.classes, self.dcfg, epoch + 1, score, self.ema is not None,
-                                    self.task)
+                                    self.task, self.build_kwargs)
             save_checkpoint(self.eval_model, self.run_dir / 'last.safetensors', meta)
             if is_best and self.cfg.save_best:
                 save_checkpoint(self.eval_model, self.run_dir / 'best.safetensors', meta)

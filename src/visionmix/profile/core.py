@@ -456,6 +456,34 @@ def profile_models(models: Sequence[nn.Module | str], *, show_progress: bool = T
     return results
 
 
+def _step(kind: str, model: nn.Module, run: Callable, x: torch.Tensor) -> Callable[[], Any]:
+    """One timed call: an inference forward, or a whole training step."""
+    if kind == 'train':
+        return TrainStep(model, x, forward=run)
+    model.eval()
+
+    def forward() -> None:
+        with torch.inference_mode():
+            run(x)
+
+    return forward
+
+
+def _paired_timing(kind: str, sa: _Subject, sb: _Subject, fn_a: Callable, fn_b: Callable, comparison: Comparison,
+                   ticker: _Ticker) -> PairedTiming:
+    """A and B timed interleaved (A B A B ...), with per-pair ratios."""
+    batch = comparison.batch_size
+    # check each side alone first, so an error names the model that failed
+    _guard(sa, 'inference' if kind == 'infer' else 'a training step', batch, fn_a)
+    _guard(sb, 'inference' if kind == 'infer' else 'a training step', batch, fn_b)
+    tick = ticker.start(f'{sa.name} vs {sb.name}: {kind}, batch {batch}', comparison.warmup + comparison.iters)
+    times_a, times_b = time_interleaved(fn_a, fn_b, comparison.warmup, comparison.iters, tick)
+    ratios = [tb / ta for ta, tb in zip(times_a, times_b)]
+    return PairedTiming(mode=kind, a_ms=[t * 1e3 for t in times_a], b_ms=[t * 1e3 for t in times_b], ratios=ratios,
+                        ratio=Stats.of(ratios), a_img_s=Stats.of([batch / t for t in times_a]),
+                        b_img_s=Stats.of([batch / t for t in times_b]))
+
+
 def compare_speed(
         a: nn.Module | str,
         b: nn.Module | str,
@@ -508,31 +536,8 @@ def compare_speed(
         (model_a, run_a), (model_b, run_b) = _prepare(sa, channels_last, compile), _prepare(sb, channels_last, compile)
         x = _make_input(batch_size, sa.input_size, channels_last)
         for kind in ('infer', 'train'):
-            if mode not in (kind, 'both'):
-                continue
-            if kind == 'infer':
-                model_a.eval()
-                model_b.eval()
-
-                def fn_a() -> None:
-                    with torch.inference_mode():
-                        run_a(x)
-
-                def fn_b() -> None:
-                    with torch.inference_mode():
-                        run_b(x)
-            else:
-                fn_a, fn_b = TrainStep(model_a, x, forward=run_a), TrainStep(model_b, x, forward=run_b)
-            # check each side alone first, so an error names the model that failed
-            _guard(sa, 'inference' if kind == 'infer' else 'a training step', batch_size, fn_a)
-            _guard(sb, 'inference' if kind == 'infer' else 'a training step', batch_size, fn_b)
-            tick = ticker.start(f'{sa.name} vs {sb.name}: {kind}, batch {batch_size}', warmup + iters)
-            times_a, times_b = time_interleaved(fn_a, fn_b, warmup, iters, tick)
-            ratios = [tb / ta for ta, tb in zip(times_a, times_b)]
-            timing = PairedTiming(
-                mode=kind, a_ms=[t * 1e3 for t in times_a], b_ms=[t * 1e3 for t in times_b], ratios=ratios,
-                ratio=Stats.of(ratios), a_img_s=Stats.of([batch_size / t for t in times_a]),
-                b_img_s=Stats.of([batch_size / t for t in times_b]))
-            setattr(comparison, kind, timing)
+            if mode in (kind, 'both'):
+                fn_a, fn_b = _step(kind, model_a, run_a, x), _step(kind, model_b, run_b, x)
+                setattr(comparison, kind, _paired_timing(kind, sa, sb, fn_a, fn_b, comparison, ticker))
         ticker.done()
     return comparison

@@ -143,6 +143,38 @@ def _child(conn: Any, threads: int, *args: Any) -> None:
         conn.close()
 
 
+def _in_child(args: tuple, timeout: float) -> dict[str, Any]:
+    """Run :func:`_measure` in a spawned child; its answer, or ``{'error': ...}``."""
+    ctx = mp.get_context('spawn')
+    receiver, sender = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child, args=(sender, *args), daemon=True)
+    # the child inherits the environment at start; a fixed mmap threshold makes freed tensors leave RSS at once
+    saved = os.environ.get('MALLOC_MMAP_THRESHOLD_')
+    os.environ['MALLOC_MMAP_THRESHOLD_'] = str(256 * 1024)
+    try:
+        process.start()
+    except Exception as e:  # noqa: BLE001 - e.g. a module that pickles but not under spawn
+        return {'error': f'could not start: {first_line(e)}'}
+    finally:
+        if saved is None:
+            os.environ.pop('MALLOC_MMAP_THRESHOLD_', None)
+        else:
+            os.environ['MALLOC_MMAP_THRESHOLD_'] = saved
+    sender.close()
+    try:
+        if not receiver.poll(timeout):
+            return {'error': f'no answer within {timeout:.0f} s'}
+        return receiver.recv()
+    except EOFError:
+        return {'error': 'the child died without an answer (out of memory?)'}
+    finally:
+        process.join(5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        receiver.close()
+
+
 def measure_peak_memory(
         model_or_name: nn.Module | str,
         input_size: tuple[int, int, int],
@@ -193,35 +225,7 @@ def measure_peak_memory(
                 return MemoryResult(None, None, 'not measured', f'measurement failed: {first_line(e)}')
         return MemoryResult(result['forward_mb'], result['train_mb'], result['method'].replace(
             'in a spawned child', 'in this process'))
-    ctx = mp.get_context('spawn')
-    receiver, sender = ctx.Pipe(duplex=False)
-    args = (sender, threads or torch.get_num_threads(), *measure_args)
-    process = ctx.Process(target=_child, args=args, daemon=True)
-    # the child inherits the environment at start; a fixed mmap threshold makes freed tensors leave RSS at once
-    saved = os.environ.get('MALLOC_MMAP_THRESHOLD_')
-    os.environ['MALLOC_MMAP_THRESHOLD_'] = str(256 * 1024)
-    try:
-        process.start()
-    except Exception as e:  # noqa: BLE001 - e.g. a module that pickles but not under spawn
-        return MemoryResult(None, None, 'not measured', f'could not start the memory child: {first_line(e)}')
-    finally:
-        if saved is None:
-            os.environ.pop('MALLOC_MMAP_THRESHOLD_', None)
-        else:
-            os.environ['MALLOC_MMAP_THRESHOLD_'] = saved
-    sender.close()
-    try:
-        if not receiver.poll(timeout):
-            return MemoryResult(None, None, 'not measured', f'memory child gave no answer within {timeout:.0f} s')
-        result = receiver.recv()
-    except EOFError:
-        result = {'error': 'the child died without an answer (out of memory?)'}
-    finally:
-        process.join(5)
-        if process.is_alive():
-            process.kill()
-            process.join()
-        receiver.close()
+    result = _in_child((threads or torch.get_num_threads(), *measure_args), timeout)
     if 'error' in result:
         return MemoryResult(None, None, 'not measured', f'memory child failed: {result["error"]}')
     return MemoryResult(result['forward_mb'], result['train_mb'], result['method'])

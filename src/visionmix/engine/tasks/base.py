@@ -10,18 +10,22 @@ A task is built once per run (``Task(cfg, info)``) and supplies:
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
+from PIL import Image
 from torch.utils.data import DataLoader
 
+from ...checkpoint import atomic_write
 from ...data import DatasetInfo
 from ..config import TrainConfig
 
-__all__ = ['Task', 'StepOutput']
+__all__ = ['Task', 'StepOutput', 'write_json']
 
 
 @dataclass
@@ -117,3 +121,26 @@ class Task:
                  channels_last: bool = False, full: bool = False) -> dict[str, Any]:
         """Validation metrics: the mean ``loss`` and every name in :attr:`val_metrics`."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------------------ a trained checkpoint (eval)
+    # ``trained`` is what :func:`visionmix.engine.evaluate.load_trained` read from the checkpoint: model name and
+    # kwargs, classes, img_size, mean, std, interpolation, checkpoint path.
+
+    @classmethod
+    def eval_report(cls, model: nn.Module, trained: dict[str, Any], val_ds: Any, batch_size: int,
+                    out_dir: Path) -> dict[str, Any]:
+        """Full metrics of a trained model on ``val_ds``; writes ``eval.json`` (and plots) to ``out_dir`` and returns
+        the result with ``files`` listing what it wrote."""
+        raise NotImplementedError
+
+    @classmethod
+    def predict_images(cls, model: nn.Module, trained: dict[str, Any], images: list[tuple[Path, Image.Image]],
+                       output: Path, topk: int = 5) -> list[dict[str, Any]]:
+        """Predictions for already-read RGB images; writes per-image outputs (masks, overlays) to ``output``."""
+        raise NotImplementedError
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    """Write ``data`` as indented JSON, atomically (readers never see half a file)."""
+    text = json.dumps(data, indent=2)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))

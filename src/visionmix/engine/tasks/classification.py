@@ -1,20 +1,23 @@
 """Image -> class: timm's transforms, Mixup / CutMix, (soft-target / label-smoothing) cross-entropy, top-1 / top-5."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from ...errors import ConfigError
+from ...reporting import pyplot
 from ..building import TrainError
 from ..config import TrainConfig
 from ..metrics import evaluate
-from .base import StepOutput, Task
+from .base import StepOutput, Task, write_json
 
-__all__ = ['Classification', 'classification_transforms']
+__all__ = ['Classification', 'classification_transforms', 'eval_transform', 'plot_confusion']
 
 
 def classification_transforms(cfg: TrainConfig, dcfg: dict[str, Any]) -> tuple[Callable, Callable]:
@@ -81,3 +84,64 @@ class Classification(Task):
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device | str = 'cpu',
                  channels_last: bool = False, full: bool = False) -> dict[str, Any]:
         return evaluate(model, loader, self.num_classes, device=device, channels_last=channels_last, full=full)
+
+    @classmethod
+    def eval_report(cls, model: nn.Module, trained: dict[str, Any], val_ds: Any, batch_size: int,
+                    out_dir: Path) -> dict[str, Any]:
+        """Top-1 / top-5, per-class accuracy and the confusion matrix (``eval.json``, ``confusion.png``)."""
+        classes = trained['classes']
+        val_ds.transform = eval_transform(model)
+        metrics = evaluate(model, DataLoader(val_ds, batch_size=batch_size), len(classes), full=True)
+        result = dict(checkpoint=trained['checkpoint'], model=trained['model'], model_kwargs=trained['model_kwargs'],
+                      dataset=trained['eval_dataset'], split='val', task=cls.name, num_images=metrics['num_images'],
+                      top1=metrics['top1'], top5=metrics['top5'], loss=metrics['loss'],
+                      per_class=dict(zip(classes, metrics['per_class'])), confusion=metrics['confusion'],
+                      classes=classes)
+        write_json(out_dir / 'eval.json', result)
+        plot_confusion(metrics['confusion'], classes, out_dir / 'confusion.png',
+                       title=f'{trained["model"]} on {trained["eval_dataset"]}: top-1 {metrics["top1"]:.2f}%')
+        return dict(result, files=[str(out_dir / 'eval.json'), str(out_dir / 'confusion.png')])
+
+    @classmethod
+    @torch.no_grad()
+    def predict_images(cls, model: nn.Module, trained: dict[str, Any], images: list[tuple[Path, Image.Image]],
+                       output: Path, topk: int = 5) -> list[dict[str, Any]]:
+        """Top-k classes with probabilities, the checkpoint's class names and preprocessing."""
+        transform, classes = eval_transform(model), trained['classes']
+        k = min(topk, len(classes))
+        results = []
+        for path, rgb in images:
+            values, indices = model(transform(rgb).unsqueeze(0)).softmax(-1)[0].topk(k)
+            results.append(dict(image=str(path), top=[dict(label=classes[i], index=int(i), prob=float(p))
+                                                      for p, i in zip(values.tolist(), indices.tolist())]))
+        return results
+
+
+def eval_transform(model: nn.Module) -> Callable:
+    """timm's eval transform from the model's ``pretrained_cfg`` (the training preprocessing, after load_trained)."""
+    from timm.data import create_transform, resolve_data_config
+
+    return create_transform(**resolve_data_config({}, model=model), is_training=False)
+
+
+def plot_confusion(confusion: list[list[int]], classes: Sequence[str], path: Path, title: str = '') -> Path:
+    plt = pyplot()
+    n = len(classes)
+    size = min(12, 2 + 0.45 * n)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(confusion, cmap='Blues')
+    if n <= 30:
+        ax.set_xticks(range(n), classes, rotation=90)
+        ax.set_yticks(range(n), classes)
+        if n <= 15:
+            for i in range(n):
+                for j in range(n):
+                    ax.text(j, i, str(confusion[i][j]), ha='center', va='center', fontsize=7)
+    ax.set_xlabel('predicted')
+    ax.set_ylabel('true')
+    ax.set_title(title or 'confusion matrix')
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -3,19 +3,21 @@ random resized crops and flips that move image and mask together."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from ...errors import ConfigError
 from ..config import TrainConfig
 from ..losses import segmentation_loss
-from ..metrics import evaluate_segmentation, seg_predict
-from .base import StepOutput, Task
+from ..metrics import THRESHOLD, evaluate_segmentation, seg_predict
+from .base import StepOutput, Task, write_json
 
 __all__ = ['Segmentation', 'JointTransform', 'segmentation_transforms']
 
@@ -103,3 +105,66 @@ class Segmentation(Task):
                  channels_last: bool = False, full: bool = False) -> dict[str, Any]:
         return evaluate_segmentation(model, loader, self.num_classes, device=device, channels_last=channels_last,
                                      full=full)
+
+    @classmethod
+    def eval_report(cls, model: nn.Module, trained: dict[str, Any], val_ds: Any, batch_size: int,
+                    out_dir: Path) -> dict[str, Any]:
+        """Dice and IoU, overall and per foreground class (``eval.json``)."""
+        classes = trained['classes']
+        _, val_ds.transform = segmentation_transforms(trained['img_size'], trained['mean'], trained['std'],
+                                                      trained['interpolation'])
+        metrics = evaluate_segmentation(model, DataLoader(val_ds, batch_size=batch_size), len(classes), full=True)
+        per_class = {c: dict(dice=d, iou=i) for c, d, i in zip(foreground_classes(classes), metrics['per_class_dice'],
+                                                               metrics['per_class_iou'])}
+        result = dict(checkpoint=trained['checkpoint'], model=trained['model'], model_kwargs=trained['model_kwargs'],
+                      dataset=trained['eval_dataset'], split='val', task=cls.name, img_size=trained['img_size'],
+                      num_images=metrics['num_images'], dice=metrics['dice'], iou=metrics['iou'],
+                      loss=metrics['loss'], threshold=THRESHOLD if len(classes) == 1 else None, per_class=per_class,
+                      classes=classes)
+        write_json(out_dir / 'eval.json', result)
+        return dict(result, files=[str(out_dir / 'eval.json')])
+
+    @classmethod
+    @torch.no_grad()
+    def predict_images(cls, model: nn.Module, trained: dict[str, Any], images: list[tuple[Path, Image.Image]],
+                       output: Path, topk: int = 5) -> list[dict[str, Any]]:
+        """``<stem>_mask.png`` per image at the image's own size (binary: 0/255; several classes: a palette PNG of
+        class indices) and the share of pixels per foreground class."""
+        _, transform = segmentation_transforms(trained['img_size'], trained['mean'], trained['std'],
+                                               trained['interpolation'])
+        output.mkdir(parents=True, exist_ok=True)
+        classes, results, used = trained['classes'], [], set()
+        for path, rgb in images:
+            # logits back to the image's own size, then threshold / argmax: a mask aligned with the input file
+            logits = F.interpolate(model(transform.image(rgb).unsqueeze(0)).float(), size=(rgb.height, rgb.width),
+                                   mode='bilinear', align_corners=False)
+            pred = seg_predict(logits)[0].numpy()
+            name = f'{path.stem}_mask.png'
+            if name in used:  # two inputs with one stem (other folders): keep both
+                name = f'{path.stem}_{len(used)}_mask.png'
+            used.add(name)
+            _mask_image(pred, len(classes)).save(output / name)
+            fractions = {c: float((pred == i + 1).mean()) for i, c in enumerate(foreground_classes(classes))}
+            results.append(dict(image=str(path), mask=str(output / name), size=[rgb.width, rgb.height],
+                                foreground=fractions))
+        return results
+
+
+def foreground_classes(classes: list[str]) -> list[str]:
+    """The classes a metric averages over: the one class of a binary model, classes 1..K-1 of a K-class one."""
+    return classes if len(classes) == 1 else classes[1:]
+
+
+def _mask_image(pred: np.ndarray, num_classes: int) -> Any:
+    """Binary: an L-mode PNG, 255 = foreground. K classes: a palette PNG whose pixel values are the class indices."""
+    from PIL import Image
+
+    if num_classes == 1:
+        return Image.fromarray((pred * 255).astype(np.uint8), 'L')
+    import matplotlib
+
+    img = Image.fromarray(pred.astype(np.uint8), 'P')
+    colors = [(0, 0, 0)] + [tuple(int(255 * v) for v in matplotlib.colormaps['tab10'](i % 10)[:3])
+                            for i in range(num_classes - 1)]
+    img.putpalette([v for c in colors for v in c])
+    return img
