@@ -20,6 +20,7 @@ from . import __version__
 from .errors import VisionmixError
 from .registry import FAMILIES, SOURCES, ModelCard, composite_prefixes, list_models, model_card, model_family
 from .reporting import fmt
+from .sizes import parse_size
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -27,15 +28,12 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 # ------------------------------------------------------------------------------------------------ shared parts
 
-def parse_size(text: str) -> int | tuple[int, int]:
-    """``'224'`` or ``'224x192'`` (H x W); the library checks the sign, so its error is one line."""
+def size_arg(text: str) -> int | tuple[int, int]:
+    """``--img-size``: ``'224'`` or ``'224x192'`` (H x W), one syntax in every command."""
     try:
-        if 'x' in text.lower():
-            h, w = text.lower().split('x')
-            return int(h), int(w)
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected N or HxW, got {text!r}') from None
+        return parse_size(text)
+    except VisionmixError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def check_output_path(path: str) -> None:
@@ -173,7 +171,7 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
                                    'GEMM peak). With --vs, time two models interleaved and report per-pair ratios.')
     p.add_argument('models', nargs='+', metavar='MODEL', help='model name(s) or spec(s)')
     p.add_argument('--vs', metavar='MODEL', help='compare each MODEL against this one, interleaved A B A B')
-    p.add_argument('--img-size', type=parse_size, metavar='N|HxW', help="input size; default: the card's")
+    p.add_argument('--img-size', type=size_arg, metavar='N|HxW', help="input size; default: the card's")
     p.add_argument('--batch-size', type=int, default=8, help='batch for throughput, training and memory (default 8)')
     p.add_argument('--threads', type=int, help='torch threads (default: current torch setting)')
     p.add_argument('--channels-last', action='store_true', help='channels-last memory format')
@@ -197,11 +195,11 @@ def _overrides(args: argparse.Namespace) -> dict:
 
     out = parse_overrides(getattr(args, 'set', None))
     for key in ('model', 'dataset', 'epochs', 'batch_size', 'lr', 'seed', 'output', 'threads', 'workers',
-                'img_size'):
+                'img_size', 'init_checkpoint'):
         value = getattr(args, key, None)
         if value is not None:
             out[key] = value
-    for flag in ('channels_last', 'compile', 'skip_corrupt'):
+    for flag in ('channels_last', 'compile', 'skip_corrupt', 'pretrained'):
         value = getattr(args, flag, False)
         if value:
             out[flag] = value  # True, or for --compile a backend name
@@ -239,20 +237,33 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .data import dataset_specs
+    from .data import DATASET_KINDS, dataset_specs
+    from .engine.config import RECIPES
 
+    def users(name: str) -> str:
+        return ', '.join(k.usage for k in DATASET_KINDS.values() if k.recipe == name) or '-'
+
+    recipes = '\n'.join(f'  {name}: {why} (datasets: {users(name)})' for name, (why, _) in RECIPES.items())
     p = sub.add_parser('train', help='train one model with a recipe of timm parts, resumable',
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        description='Train a model on a local dataset with a YAML recipe plus overrides. Writes the '
                                    'run directory: config.yaml, metrics.csv, curves.png, last/best.safetensors, '
-                                   'checkpoints/ for --resume. Under torchrun it trains with DDP.')
+                                   'checkpoints/ for --resume. Under torchrun it trains with DDP.',
+                       epilog='The recipe under your options is the dataset\'s (--set recipe=NAME picks another; '
+                              'config.yaml records it):\n' + recipes)
     p.add_argument('--config', metavar='FILE.yaml', help='recipe file (see configs/digits.yaml)')
     p.add_argument('--model', help='model name or spec')
     p.add_argument('--dataset', help=' | '.join(dataset_specs()))
     p.add_argument('--epochs', type=int)
     p.add_argument('--batch-size', type=int, help='global batch size')
     p.add_argument('--lr', type=float)
-    p.add_argument('--img-size', type=int, help='training input side (default 32); too small for the model is an '
-                                                'error that names the smallest side that works')
+    p.add_argument('--img-size', type=size_arg, metavar='N|HxW',
+                   help='training input size (default 32); too small for the model is an error that names the '
+                        'smallest side that works')
+    p.add_argument('--checkpoint', metavar='FILE|RUN_DIR', dest='init_checkpoint',
+                   help='fine-tune: start from these weights (a .safetensors / .pth file in our or the official '
+                        'layout, or a run directory); the classifier is adapted to the dataset\'s classes')
+    p.add_argument('--pretrained', action='store_true', help="fine-tune from the model's published weights")
     p.add_argument('--seed', type=int)
     p.add_argument('--threads', type=int, help='torch threads')
     p.add_argument('--workers', type=int, help='data loader workers (default 0)')
@@ -374,7 +385,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--dataset', help='dataset spec (default: the study\'s)')
     p.add_argument('--epochs', type=int)
     p.add_argument('--seeds', type=int, nargs='+', help='seeds (default: 0)')
-    p.add_argument('--img-size', type=int)
+    p.add_argument('--img-size', type=size_arg, metavar='N|HxW')
     p.add_argument('--config', metavar='FILE.yaml', help='recipe file replacing the default recipe keys it sets')
     p.add_argument('--set', action='append', metavar='KEY=VALUE', help='override a recipe key')
     p.add_argument('--output', default='runs/compare', help='report directory (default runs/compare)')
@@ -384,17 +395,24 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------------------------------------------- main
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: ...`` and exit 2, like every other user error (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f'error: {message} (see `{self.prog} --help`)\n')
+
+
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_models, _add_card, _add_profile, _add_train, _add_eval, _add_predict, _add_compare)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog='visionmix',
         description='Vision backbones as spatial mixing + channel mixing: list, measure, train and fairly compare '
                     'MLP, attention, convolution and hybrid models.')
     parser.add_argument('--version', action='version', version=f'visionmix {__version__}')
-    sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True, parser_class=_Parser)
     for add in COMMANDS:
         add(sub)
     return parser

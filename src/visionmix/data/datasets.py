@@ -39,6 +39,7 @@ class DatasetKind:
         arg: ``''`` (no argument), ``'N'`` (an optional positive count of training images) or ``'PATH'`` (required).
         build: ``build(arg, img_size, skip_corrupt) -> (train, val, info)``; ``arg`` is an int for ``'N'`` kinds.
         help: One line for ``--help``.
+        recipe: The training recipe that suits the data (a name of ``visionmix.engine.config.RECIPES``).
     """
 
     name: str
@@ -46,6 +47,7 @@ class DatasetKind:
     arg: str
     build: Callable[[Any, int, bool], Splits]
     help: str
+    recipe: str = 'imagenet'
 
     @property
     def usage(self) -> str:
@@ -296,19 +298,22 @@ def _digits(arg: None, img_size: int, skip_corrupt: bool) -> Splits:
 
 
 for _kind in (
-    DatasetKind('digits', 'classification', '', _digits, "scikit-learn's 1,797 8x8 digits, upscaled"),
+    DatasetKind('digits', 'classification', '', _digits, "scikit-learn's 1,797 8x8 digits, upscaled",
+                'small-images'),
     DatasetKind('synthetic', 'classification', 'N',
-                lambda n, size, skip: build_synthetic(img_size=size, num_train=n), 'generated shapes x arrangement'),
+                lambda n, size, skip: build_synthetic(img_size=size, num_train=n), 'generated shapes x arrangement',
+                'small-images'),
     DatasetKind('folder', 'classification', 'PATH', lambda path, size, skip: _folder(path, skip),
-                'ImageFolder tree PATH/train/<class>/, PATH/val/<class>/'),
+                'ImageFolder tree PATH/train/<class>/, PATH/val/<class>/', 'imagenet'),
     DatasetKind('cifar10', 'classification', 'PATH', lambda path, size, skip: _cifar('cifar10', path),
-                'local CIFAR-10 python batches'),
+                'local CIFAR-10 python batches', 'small-photos'),
     DatasetKind('cifar100', 'classification', 'PATH', lambda path, size, skip: _cifar('cifar100', path),
-                'local CIFAR-100 python batches'),
+                'local CIFAR-100 python batches', 'small-photos'),
     DatasetKind('synthetic-seg', 'segmentation', 'N',
-                lambda n, size, skip: build_synthetic_seg(img_size=size, num_train=n), 'generated shapes with masks'),
+                lambda n, size, skip: build_synthetic_seg(img_size=size, num_train=n), 'generated shapes with masks',
+                'segmentation'),
     DatasetKind('segfolder', 'segmentation', 'PATH', lambda path, size, skip: build_segfolder(path, skip),
-                'UNeXt layout PATH/images/, PATH/masks/0/'),
+                'UNeXt layout PATH/images/, PATH/masks/0/', 'segmentation'),
 ):
     register_dataset(_kind)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,15 +11,33 @@ import torch.nn as nn
 
 from ..errors import CheckpointError, UnknownModelError, VisionmixError, first_line
 from ..registry import ModelArgumentError, create_model, model_card, takes_img_size
+from ..sizes import Size, hw, size_str
 
-__all__ = ['TrainError', 'build_model', 'data_config', 'input_error', 'smallest_input_size', 'build_for_input']
+__all__ = ['TrainError', 'resolve_weights', 'build_model', 'data_config', 'input_error', 'smallest_input_size',
+           'build_for_input']
 
 
 class TrainError(VisionmixError):
     """A run that cannot start or resume as asked."""
 
 
-def build_model(name: str, num_classes: int | None, img_size: int, model_kwargs: dict[str, Any] | None = None,
+WEIGHT_FILES = ('best.safetensors', 'last.safetensors')
+
+
+def resolve_weights(path: str | Path) -> Path:
+    """A weights file, or a run directory's ``best.safetensors`` (else ``last.safetensors``)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in WEIGHT_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise TrainError(f'{path} holds no best.safetensors or last.safetensors (is it a visionmix run directory?)')
+    if not path.is_file():
+        raise TrainError(f'checkpoint {path} does not exist')
+    return path
+
+
+def build_model(name: str, num_classes: int | None, img_size: Size, model_kwargs: dict[str, Any] | None = None,
                 drop_path: float = 0.0) -> nn.Module:
     """``create_model`` with the dataset's classes, sized for ``img_size`` when the model takes ``img_size``.
 
@@ -35,26 +54,26 @@ def build_model(name: str, num_classes: int | None, img_size: int, model_kwargs:
     return create_model(name, **kwargs)
 
 
-def data_config(model: nn.Module, img_size: int, interpolation: str = 'bicubic') -> dict[str, Any]:
+def data_config(model: nn.Module, img_size: Size, interpolation: str = 'bicubic') -> dict[str, Any]:
     """Mean / std from the model's pretrained_cfg (timm's resolve_data_config) at the training size."""
     from timm.data import resolve_data_config
 
     cfg = resolve_data_config({}, model=model)
-    return dict(input_size=(3, img_size, img_size), mean=tuple(cfg['mean']), std=tuple(cfg['std']),
+    return dict(input_size=(3, *hw(img_size)), mean=tuple(cfg['mean']), std=tuple(cfg['std']),
                 interpolation=interpolation, crop_pct=1.0)
 
 
 Check = Callable[[nn.Module, int], 'str | None']
 
 
-def runs_on(model: nn.Module, img_size: int) -> str | None:
+def runs_on(model: nn.Module, img_size: Size) -> str | None:
     """The plainest check: the model takes one zeros image of ``img_size`` (whatever it returns)."""
     device = next(model.parameters(), torch.empty(0)).device
-    model(torch.zeros(1, 3, img_size, img_size, device=device))
+    model(torch.zeros(1, 3, *hw(img_size), device=device))
     return None
 
 
-def input_error(model: nn.Module, img_size: int, check: Check = runs_on) -> str | None:
+def input_error(model: nn.Module, img_size: Size, check: Check = runs_on) -> str | None:
     """None if ``check(model, img_size)`` (eval mode, no grad) passes; else what went wrong, in one line. Leaves the
     model's mode and every RNG as they were."""
     was_training = model.training
@@ -105,7 +124,7 @@ def smallest_input_size(build: Callable[[int], nn.Module], start: int, limit: in
     return good
 
 
-def build_for_input(name: str, img_size: int, build: Callable[[int], nn.Module],
+def build_for_input(name: str, img_size: Size, build: Callable[[Size], nn.Module],
                     check: Check = runs_on) -> nn.Module:
     """``build(img_size)``, checked before any training: a model that cannot be built for or run on ``img_size``
     images (``check(model, side)`` returns what is wrong) raises a one-line :class:`TrainError` naming the
@@ -123,11 +142,11 @@ def build_for_input(name: str, img_size: int, build: Callable[[int], nn.Module],
         error = input_error(model, img_size, check)
     if error is None:
         return model
-    card_side = max(model_card(name).input_size[1:])
-    side = smallest_input_size(build, img_size + 1, max(card_side, 2 * img_size), check)
+    card_side, longest = max(model_card(name).input_size[1:]), max(hw(img_size))
+    side = smallest_input_size(build, longest + 1, max(card_side, 2 * longest), check)
     if side is None:
-        raise TrainError(f'{name} cannot train on {img_size}x{img_size} input: {error}')
-    raise TrainError(f'{name} cannot take {img_size}x{img_size} input (needs >= {side}x{side}): use --img-size '
+        raise TrainError(f'{name} cannot train on {size_str(img_size)} input: {error}')
+    raise TrainError(f'{name} cannot take {size_str(img_size)} input (needs >= {side}x{side}): use --img-size '
                      f'{side}')
 
 

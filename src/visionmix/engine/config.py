@@ -1,4 +1,10 @@
-"""Training recipe: defaults (the DeiT / SPACH recipe from timm's parts), YAML files and ``key=value`` overrides."""
+"""Training recipe: a named recipe chosen by the dataset, YAML files and ``key=value`` overrides.
+
+Every dataset kind names the recipe that suits its data (:data:`RECIPES`): small embedded images are not trained
+with the ImageNet recipe (RandAugment, flips and random erasing turn an 8x8 digit into another symbol). Precedence,
+later wins: :class:`TrainConfig` defaults < the recipe (the dataset's, or ``recipe: NAME``) < programmatic base
+values < the YAML file < ``--set`` overrides. The run's ``config.yaml`` records which recipe was used and why.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -12,6 +18,7 @@ import yaml
 
 from ..data import parse_spec
 from ..errors import ConfigError
+from ..sizes import Size, check_size, parse_size
 
 __all__ = ['ConfigError', 'TrainConfig', 'load_config', 'parse_overrides', 'environment_info']
 
@@ -20,15 +27,15 @@ __all__ = ['ConfigError', 'TrainConfig', 'load_config', 'parse_overrides', 'envi
 class TrainConfig:
     """One training run. Every field can be set in YAML or with ``--set key=value``.
 
-    The defaults follow DeiT / SPACH (AdamW lr 5e-4 x batch/512, wd 0.05, cosine, 5 warm-up epochs, RandAugment
-    m9, random erasing 0.25, Mixup 0.8 / CutMix 1.0, label smoothing 0.1, EMA, drop path 0.1, clip off) except what a
-    short CPU run needs (``configs/digits.yaml`` is the recipe ``compare`` uses).
+    The class defaults are the ``imagenet`` recipe: DeiT / SPACH parts (AdamW, wd 0.05, cosine, RandAugment m9,
+    random erasing 0.25, label smoothing 0.1, flips) at a learning rate and warm-up for a short CPU run; a dataset
+    kind's own recipe (:data:`RECIPES`) replaces what it needs to.
     """
 
     model: str = 'spach_ms'
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     dataset: str = 'digits'
-    img_size: int = 32
+    img_size: Size = 32  # N or [H, W]
     limit_train: int | None = None
     skip_corrupt: bool = False
     epochs: int = 30
@@ -67,6 +74,9 @@ class TrainConfig:
     amp: bool = False
     output: str = 'runs/train'
     save_best: bool = True
+    recipe: str = ''  # the named recipe under the explicit values (default: the dataset's); set by load_config
+    init_checkpoint: str | None = None  # fine-tune: start from these weights (a file or a run dir), head adapted
+    pretrained: bool = False  # fine-tune: start from the model's published weights
 
     def validate(self) -> 'TrainConfig':
         def need(cond: bool, msg: str) -> None:
@@ -75,7 +85,8 @@ class TrainConfig:
 
         need(isinstance(self.model, str) and self.model != '', f'model must be a registered name, got {self.model!r}')
         need(isinstance(self.model_kwargs, dict), f'model_kwargs must be a mapping, got {self.model_kwargs!r}')
-        for name in ('epochs', 'batch_size', 'img_size'):
+        self.img_size = check_size(self.img_size)
+        for name in ('epochs', 'batch_size'):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v > 0, f'{name} must be a positive integer, '
                  f'got {v!r}')
@@ -117,7 +128,36 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d['scale'], d['ratio'] = list(self.scale), list(self.ratio)
+        if isinstance(self.img_size, tuple):
+            d['img_size'] = list(self.img_size)
         return d
+
+
+_SMALL_IMAGES = dict(
+    epochs=10, batch_size=64, lr=3e-3, warmup_epochs=1, min_lr=1e-5, smoothing=0.1, mixup=0.0, cutmix=0.0,
+    auto_augment=None, reprob=0.0, scale=[0.6, 1.0], ratio=[0.9, 1.1], hflip=0.0, drop_path=0.0)
+# name -> (why, values). The values are TrainConfig keys; 'imagenet' is the class defaults themselves.
+RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
+    'imagenet': ('photos at ImageNet-like sizes: the DeiT / SPACH augmentation (RandAugment, flips, random erasing)',
+                 {}),
+    'small-images': ('small embedded images (digits, shapes): no RandAugment, flips or erasing (a mirrored digit is '
+                     'another symbol), a mild random crop, lr 3e-3 with a 1-epoch warm-up', _SMALL_IMAGES),
+    'small-photos': ('32x32 photos (CIFAR): the small-image recipe with horizontal flips',
+                     dict(_SMALL_IMAGES, hflip=0.5)),
+    'segmentation': ('masks: random resized crop and flip of image and mask together; no label smoothing',
+                     dict(epochs=10, batch_size=16, lr=2e-3, warmup_epochs=1, smoothing=0.0, auto_augment=None,
+                          reprob=0.0, scale=[0.5, 1.0], ratio=[0.75, 1.333], hflip=0.5, mixup=0.0, cutmix=0.0)),
+}
+
+
+def recipe_for(dataset: str, name: str = '') -> tuple[str, str, dict[str, Any]]:
+    """(name, why, values) of the recipe ``name``, or of the dataset kind's recipe when ``name`` is empty."""
+    if not name:
+        name = parse_spec(dataset)[0].recipe
+    if name not in RECIPES:
+        raise ConfigError(f'unknown recipe {name!r}; choose from {", ".join(RECIPES)}')
+    why, values = RECIPES[name]
+    return name, why, dict(values)
 
 
 def compile_backends() -> list[str]:
@@ -139,6 +179,8 @@ def _check_keys(data: dict[str, Any], where: str) -> None:
 def _coerce(key: str, value: Any) -> Any:
     """YAML gives ints for '1e-3'-free literals; accept ints where floats are expected."""
     default = TrainConfig.__dataclass_fields__[key].default
+    if key == 'img_size' and isinstance(value, str):
+        return parse_size(value)  # 'img_size: 32x48' in YAML, or --set img_size=32x48
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(default, float) and isinstance(value, str):
@@ -181,7 +223,10 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None, **base: Any) -> TrainConfig:
-    """Defaults < ``base`` < YAML file < ``overrides`` (later wins), validated."""
+    """Defaults < the recipe < ``base`` < YAML file < ``overrides`` (later wins), validated.
+
+    The recipe is ``recipe`` if one of the sources names it, else the dataset kind's (see :data:`RECIPES`).
+    """
     data: dict[str, Any] = dict(base)
     if path is not None:
         file_data = read_yaml(path)
@@ -191,6 +236,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         _check_keys(overrides, 'override')
         data.update(overrides)
     _check_keys(data, 'config')
+    name, _, values = recipe_for(data.get('dataset', TrainConfig.dataset), data.get('recipe') or '')
+    data = {**values, **data, 'recipe': name}
     try:
         cfg = TrainConfig(**{k: _coerce(k, v) for k, v in data.items()})
     except TypeError as e:

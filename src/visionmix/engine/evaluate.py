@@ -19,28 +19,14 @@ from PIL import Image, UnidentifiedImageError
 from ..checkpoint import load_checkpoint
 from ..data import IMG_EXTENSIONS, DataError, build_datasets
 from ..errors import CheckpointError, VisionmixError
-from .building import build_model
+from ..sizes import hw, parse_size
+from .building import TrainError, build_model, resolve_weights
 from .tasks import get_task, model_task, resolve_task
 
 __all__ = ['EvalError', 'load_trained', 'run_eval', 'predict', 'expand_images', 'read_metadata']
 
-WEIGHT_FILES = ('best.safetensors', 'last.safetensors')
-
-
 class EvalError(VisionmixError):
     """A checkpoint or input that eval / predict cannot use."""
-
-
-def _resolve(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        for name in WEIGHT_FILES:
-            if (path / name).is_file():
-                return path / name
-        raise EvalError(f'{path} holds no best.safetensors or last.safetensors (is it a visionmix run directory?)')
-    if not path.is_file():
-        raise EvalError(f'checkpoint {path} does not exist')
-    return path
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -64,13 +50,16 @@ def load_trained(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     The returned model's ``pretrained_cfg`` carries the training preprocessing (input size, mean, std, interpolation),
     so timm's ``resolve_data_config(model=model)`` gives the right transform.
     """
-    path = _resolve(path)
+    try:
+        path = resolve_weights(path)
+    except TrainError as e:
+        raise EvalError(str(e)) from None
     meta = read_metadata(path)
     info = dict(model=meta['model'], model_kwargs=json.loads(meta['model_kwargs']),
-                classes=json.loads(meta['classes']), img_size=int(meta['img_size']), mean=json.loads(meta['mean']),
-                std=json.loads(meta['std']), interpolation=meta['interpolation'], epoch=int(meta['epoch']),
-                dataset=meta['dataset'], checkpoint=str(path), weights=meta.get('weights', 'model'),
-                task=meta.get('task') or model_task(meta['model']))
+                classes=json.loads(meta['classes']), img_size=parse_size(meta['img_size']),
+                mean=json.loads(meta['mean']), std=json.loads(meta['std']), interpolation=meta['interpolation'],
+                epoch=int(meta['epoch']), dataset=meta['dataset'], checkpoint=str(path),
+                weights=meta.get('weights', 'model'), task=meta.get('task') or model_task(meta['model']))
     # the metadata holds every builder argument the run used (the task's output count among them); runs written
     # before it did hold only the user's, and the class count
     model = build_model(info['model'], len(info['classes']), info['img_size'], info['model_kwargs'])
@@ -78,8 +67,8 @@ def load_trained(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         load_checkpoint(model, path, strict=True)
     except CheckpointError as e:
         raise EvalError(str(e)) from None
-    model.pretrained_cfg = dict(getattr(model, 'pretrained_cfg', None) or {}, input_size=(3, info['img_size'],
-                                info['img_size']), mean=tuple(info['mean']), std=tuple(info['std']),
+    model.pretrained_cfg = dict(getattr(model, 'pretrained_cfg', None) or {}, input_size=(3, *hw(info['img_size'])),
+                                mean=tuple(info['mean']), std=tuple(info['std']),
                                 interpolation=info['interpolation'], crop_pct=1.0, num_classes=len(info['classes']))
     model.eval()
     return model, info
@@ -92,7 +81,7 @@ def run_eval(checkpoint: str | Path, dataset: str | None = None, output: str | P
     model, trained = load_trained(checkpoint)
     spec = dataset or trained['dataset']
     task = resolve_task(trained['model'], spec)
-    _, val_ds, data_info = build_datasets(spec, img_size=trained['img_size'], skip_corrupt=skip_corrupt)
+    _, val_ds, data_info = build_datasets(spec, img_size=max(hw(trained['img_size'])), skip_corrupt=skip_corrupt)
     if data_info.classes != trained['classes']:
         raise DataError(f'dataset {spec!r} has classes {data_info.classes[:10]}, the checkpoint was trained on '
                         f'{trained["classes"][:10]}')

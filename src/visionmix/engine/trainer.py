@@ -40,8 +40,9 @@ from torch.utils.data.distributed import DistributedSampler
 from ..checkpoint import atomic_write, save_checkpoint
 from ..data import build_datasets
 from ..reporting import pyplot, round_floats
-from .building import TrainError, build_for_input, build_model, data_config
-from .config import TrainConfig, environment_info
+from ..sizes import hw, size_str
+from .building import TrainError, build_for_input, build_model, data_config, resolve_weights
+from .config import TrainConfig, environment_info, recipe_for
 from .tasks import Task, resolve_task
 
 __all__ = ['Trainer', 'RunResult', 'TrainError', 'EpochTotals', 'device_for_rank', 'setup_distributed',
@@ -174,7 +175,7 @@ def weights_metadata(cfg: TrainConfig, classes: list[str], dcfg: dict[str, Any],
     builder's arguments, default the recipe's)."""
     kwargs = dict(cfg.model_kwargs if model_kwargs is None else model_kwargs)
     return dict(format='visionmix-train', model=cfg.model, model_kwargs=json.dumps(kwargs),
-                num_classes=str(len(classes)), classes=json.dumps(classes), img_size=str(cfg.img_size),
+                num_classes=str(len(classes)), classes=json.dumps(classes), img_size=size_str(cfg.img_size),
                 mean=json.dumps(list(dcfg['mean'])), std=json.dumps(list(dcfg['std'])),
                 interpolation=dcfg['interpolation'], epoch=str(epoch), dataset=cfg.dataset,
                 weights='ema' if ema else 'model', task=task.name, **{task.metric: f'{score:.4f}'})
@@ -238,7 +239,8 @@ class Trainer:
 
     def build_data(self) -> None:
         cfg = self.cfg
-        self.train_ds, self.val_ds, self.info = build_datasets(cfg.dataset, img_size=cfg.img_size,
+        # embedded datasets are drawn square at the longer side; the transforms then resize to (H, W)
+        self.train_ds, self.val_ds, self.info = build_datasets(cfg.dataset, img_size=max(hw(cfg.img_size)),
                                                                skip_corrupt=cfg.skip_corrupt, limit=cfg.limit_train)
         self.task = resolve_task(cfg.model, cfg.dataset)(cfg, self.info)
         self.notes = self.task.check_config(cfg)
@@ -255,8 +257,13 @@ class Trainer:
         seed_epoch(cfg.seed, -1)  # model init depends on the seed only
         # everything the builder gets goes into the weights' metadata, so eval / predict rebuild the same model
         self.build_kwargs = {**task.model_kwargs(), **cfg.model_kwargs}
+        start = dict(self.build_kwargs)  # fine-tuning: weights to start from (the head adapted to the classes)
+        if cfg.init_checkpoint:
+            start['checkpoint_path'] = str(resolve_weights(cfg.init_checkpoint))
+        if cfg.pretrained:
+            start['pretrained'] = True
         self.model = build_for_input(cfg.model, cfg.img_size,
-                                     lambda side: build_model(cfg.model, None, side, self.build_kwargs, cfg.drop_path),
+                                     lambda side: build_model(cfg.model, None, side, start, cfg.drop_path),
                                      task.output_error)
         self.dcfg = data_config(self.model, cfg.img_size, cfg.interpolation)
         self.model.pretrained_cfg = dict(getattr(self.model, 'pretrained_cfg', None) or {}, **{
@@ -399,7 +406,7 @@ class Trainer:
                            self.train_seconds, finished, metric)
         if self.is_main and self.history:
             plot_curves(self.history, self.run_dir / 'curves.png', metric, self.task.metric_label,
-                        title=f'{self.label} on {self.cfg.dataset} at {self.cfg.img_size}px, '
+                        title=f'{self.label} on {self.cfg.dataset} at {size_str(self.cfg.img_size)}, '
                               f'{len(self.history)}/{self.cfg.epochs} epochs')
             if finished:
                 summary = json.dumps(result.to_dict(), indent=2)  # full precision: compare reads it back
@@ -426,7 +433,8 @@ class Trainer:
         info, dcfg = self.info, self.dcfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_dir.mkdir(exist_ok=True)
-        record = dict(config=self.cfg.to_dict(),
+        name, why, _ = recipe_for(self.cfg.dataset, self.cfg.recipe)
+        record = dict(config=self.cfg.to_dict(), recipe=dict(name=name, why=why),
                       data=dict(spec=info.spec, classes=info.classes, num_train=info.num_train, num_val=info.num_val,
                                 skipped=len(info.skipped), description=info.description, task=info.task),
                       data_config=dict(dcfg, input_size=list(dcfg['input_size']), mean=list(dcfg['mean']),

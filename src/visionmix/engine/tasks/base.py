@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from ...checkpoint import atomic_write
 from ...data import DatasetInfo
+from ...sizes import Size, hw
 from ..config import TrainConfig
 
 __all__ = ['Task', 'StepOutput', 'write_json']
@@ -72,16 +73,16 @@ class Task:
         """Keyword arguments the task adds when it builds the model (e.g. its number of outputs)."""
         return dict(num_classes=self.num_classes)
 
-    def expected_output(self, img_size: int) -> tuple[int, ...] | None:
+    def expected_output(self, img_size: Size) -> tuple[int, ...] | None:
         """The output shape for one ``img_size`` image in eval mode, checked before training (None: no check)."""
         return None
 
-    def probe(self, model: nn.Module, img_size: int) -> Any:
+    def probe(self, model: nn.Module, img_size: Size) -> Any:
         """Run ``model`` (eval mode, no grad) on one zeros image, as the size check does."""
         device = next(model.parameters(), torch.empty(0)).device
-        return model(torch.zeros(1, 3, img_size, img_size, device=device))
+        return model(torch.zeros(1, 3, *hw(img_size), device=device))
 
-    def output_error(self, model: nn.Module, img_size: int) -> str | None:
+    def output_error(self, model: nn.Module, img_size: Size) -> str | None:
         """None if the model maps one ``img_size`` image to what the task expects, else why not (one line)."""
         out = self.probe(model, img_size)
         expected = self.expected_output(img_size)

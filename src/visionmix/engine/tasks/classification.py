@@ -58,7 +58,7 @@ class Classification(Task):
     def mixes(self) -> bool:
         return self.cfg.mixup > 0 or self.cfg.cutmix > 0
 
-    def expected_output(self, img_size: int) -> tuple[int, ...]:
+    def expected_output(self, img_size: Any) -> tuple[int, ...]:
         return 1, self.num_classes
 
     def transforms(self, dcfg: dict[str, Any]) -> tuple[Callable, Callable]:

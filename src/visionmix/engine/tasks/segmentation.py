@@ -14,6 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from ...errors import ConfigError
+from ...sizes import Size, hw
 from ..config import TrainConfig
 from ..losses import segmentation_loss
 from ..metrics import THRESHOLD, evaluate_segmentation, seg_predict
@@ -47,19 +48,19 @@ class JointTransform:
         return f'{type(self).__name__}({self.transform})'
 
 
-def segmentation_transforms(img_size: int, mean: Any, std: Any, interpolation: str = 'bicubic',
+def segmentation_transforms(img_size: Size, mean: Any, std: Any, interpolation: str = 'bicubic',
                             cfg: TrainConfig | None = None) -> tuple[JointTransform | None, JointTransform]:
     """Train (with ``cfg``: random resized crop and horizontal flip from the recipe) and eval (resize) transforms."""
     from torchvision.transforms import v2
 
     interp = v2.InterpolationMode(interpolation)
     tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]  # images only
-    eval_tf = JointTransform(v2.Compose([v2.Resize((img_size, img_size), interpolation=interp, antialias=True),
+    eval_tf = JointTransform(v2.Compose([v2.Resize(hw(img_size), interpolation=interp, antialias=True),
                                          *tail]))
     if cfg is None:
         return None, eval_tf
     train_tf = JointTransform(v2.Compose([
-        v2.RandomResizedCrop((img_size, img_size), scale=cfg.scale, ratio=cfg.ratio, interpolation=interp,
+        v2.RandomResizedCrop(hw(img_size), scale=cfg.scale, ratio=cfg.ratio, interpolation=interp,
                              antialias=True),
         v2.RandomHorizontalFlip(cfg.hflip), *tail]))
     return train_tf, eval_tf
@@ -86,8 +87,8 @@ class Segmentation(Task):
                     f'is random resized crop + horizontal flip of image and mask together)']
         return []
 
-    def expected_output(self, img_size: int) -> tuple[int, ...]:
-        return 1, self.num_classes, img_size, img_size
+    def expected_output(self, img_size: Size) -> tuple[int, ...]:
+        return 1, self.num_classes, *hw(img_size)
 
     def transforms(self, dcfg: dict[str, Any]) -> tuple[Callable, Callable]:
         return segmentation_transforms(self.cfg.img_size, dcfg['mean'], dcfg['std'], dcfg['interpolation'], self.cfg)
