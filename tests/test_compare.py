@@ -7,7 +7,8 @@ import pytest
 from visionmix.cli import main
 from visionmix.engine.compare import (DEFAULT_STUDY, REPORT_FILES, CompareError, _pareto, compare,
                                       parse_model_arg, point_style, scatter_figure)
-from visionmix.registry import list_models
+import visionmix
+from visionmix.registry import list_presets
 
 TINY_RECIPE = dict(img_size=16, limit_train=256, batch_size=32, lr=5e-3, warmup_epochs=0, threads=1)
 
@@ -42,11 +43,13 @@ def test_compare_two_tiny_models_writes_every_report_file(tmp_path, capsys):
 def test_default_study_is_data_driven_and_registered():
     labels = [e.label for e in DEFAULT_STUDY]
     assert len(set(labels)) == len(labels)
-    spatial = {s for e in DEFAULT_STUDY for stage in e.kwargs.get('net_arch', []) for s in [stage[0]]}
+    presets = list_presets()
+    spatial = {stage[0] for e in DEFAULT_STUDY for stage in presets[e.model][1].get('net_arch', [])}
     assert {'pass', 'attn', 'mlp', 'hire', 'window_mlp', 'shift'} <= spatial
-    # every entry but Mobile-Former (whose family may land later; the default skips it with a note) is registered
-    assert all(e.model in list_models() for e in DEFAULT_STUDY if not e.model.startswith('mobile_former'))
     assert parse_model_arg('spach-conv') is DEFAULT_STUDY[0]
+    # the labels are model names everywhere (train, profile, ...), case-insensitively
+    for entry in DEFAULT_STUDY:
+        assert visionmix.model_card(entry.label.lower()).name == entry.label
 
 
 def test_pareto_front():

@@ -18,7 +18,8 @@ from rich.table import Table
 
 from . import __version__
 from .errors import VisionmixError
-from .registry import FAMILIES, SOURCES, ModelCard, composite_prefixes, list_models, model_card, model_family
+from .registry import (FAMILIES, SOURCES, ModelCard, composite_prefixes, list_models, list_presets, model_card,
+                       model_family)
 from .reporting import fmt
 from .sizes import parse_size
 
@@ -68,6 +69,15 @@ def models_table(cards: Sequence[ModelCard]) -> Table:
 
 
 def cmd_models(args: argparse.Namespace, console: Console) -> int:
+    if args.presets:
+        table = Table(title='presets: names for a model with fixed arguments (the default study\'s models)',
+                      header_style='bold')
+        for column in ('name', 'model', 'arguments'):
+            table.add_column(column, overflow='fold')
+        for name, (model, kwargs) in list_presets().items():
+            table.add_row(name, model, json.dumps(kwargs))
+        console.print(table)
+        return 0
     names = list_models(args.pattern, family=args.family, source=args.source, include_all=args.all)
     if not names:
         console.print(f'no model matches pattern={args.pattern!r} family={args.family!r}', style='yellow')
@@ -99,6 +109,8 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--family', choices=FAMILIES, help='keep one family')
     p.add_argument('--source', choices=SOURCES, help='keep one implementation source')
     p.add_argument('--all', action='store_true', help='every timm and torchvision (tv:) name, not only the curated')
+    p.add_argument('--presets', action='store_true',
+                   help="the named presets (the default study's models: SPACH-Conv, ...), usable as model names")
     p.add_argument('--json', action='store_true', help='print the cards as JSON instead of a table')
     p.set_defaults(func=cmd_models)
 

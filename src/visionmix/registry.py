@@ -8,12 +8,15 @@ Four kinds of names resolve here, in this order:
   (:func:`register_passthrough`);
 * composite specs ``PREFIX:REST`` (``tv:googlenet``, ``fpn:hire_mlp_tiny``, ``maskrcnn:resnet50``...): each prefix is
   registered by the module that builds it (:func:`register_composite`), so this module never imports them;
-* any other timm name, with a generic card (params measured, paper and url from timm's pretrained_cfg).
+* any other timm name, with a generic card (params measured, paper and url from timm's pretrained_cfg);
+* presets: a name for a model with fixed builder arguments (``SPACH-Conv``, the default study's models), registered
+  with :func:`register_preset` and looked up case-insensitively.
 
 :func:`list_models` lists the curated set; ``list_models(include_all=True)`` every timm and torchvision name too.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import functools
@@ -35,7 +38,7 @@ __all__ = [
     'FAMILIES', 'MACS_COUNTER', 'ModelCard', 'ModelArgumentError', 'UnknownModelError', 'Composite',
     'register_visionmix_model', 'register_passthrough', 'register_composite', 'create_model', 'list_models',
     'model_card', 'card_to_pretrained_fields', 'checkpoint_filter_for', 'load_checkpoint', 'takes_img_size',
-    'composite_prefixes',
+    'composite_prefixes', 'register_preset', 'list_presets',
 ]
 
 # 'other': a timm / torchvision name whose family visionmix has not classified (generic cards only)
@@ -118,6 +121,7 @@ class _Entry:
     module: ModuleType | None = None  # a native family's module, whose checkpoint_filter_fn maps official layouts
     composite_filter: checkpoint.FilterFn | None = None
     check_input: bool = True  # a pre-hook rejects wrong channel counts / ranks (off for detectors' image lists)
+    preset: tuple[str, dict[str, Any]] | None = None  # (model, kwargs) this name stands for
 
     @property
     def filter_fn(self) -> checkpoint.FilterFn | None:
@@ -152,6 +156,7 @@ class Composite:
 
 _ENTRIES: dict[str, _Entry] = {}
 _COMPOSITES: dict[str, Composite] = {}
+_PRESETS: dict[str, str] = {}  # lower-case name -> registered name
 
 
 def card_to_pretrained_fields(card: ModelCard) -> dict[str, Any]:
@@ -205,6 +210,30 @@ def register_composite(composite: Composite) -> None:
     if ':' in composite.prefix or not composite.prefix:
         raise ValueError(f'bad composite prefix {composite.prefix!r}')
     _COMPOSITES[composite.prefix] = composite
+
+
+def register_preset(name: str, model: str, kwargs: dict[str, Any], description: str = '',
+                    family: str | None = None) -> None:
+    """A name for ``model`` built with ``kwargs`` (the caller's arguments win), usable wherever a model name is.
+
+    Presets are visionmix-only (not registered in timm); their card is the base model's with the preset's name, and
+    its params / GMACs are cleared unless measured for the preset itself.
+    """
+    if name.lower() in _PRESETS or name in _ENTRIES or timm_is_model(name):
+        raise ValueError(f'{name!r} is already a model name')
+    base = _lookup(model).card
+    notes = f'preset: {model} with {kwargs}' + (f'; {description}' if description else '')
+    card = dataclasses.replace(base, name=name, family=family or base.family,
+                               params=count_parameters(lambda: create_model(model, **kwargs)),
+                               gmacs=None, paper_gmacs=None, top1=None, top1_source='not measured for the preset',
+                               notes=notes)
+    _ENTRIES[name] = _Entry(card=card, preset=(model, dict(kwargs)))
+    _PRESETS[name.lower()] = name
+
+
+def list_presets() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Preset name -> (model, kwargs)."""
+    return {name: _ENTRIES[name].preset for name in _PRESETS.values()}
 
 
 def composite_prefixes() -> dict[str, str]:
@@ -281,7 +310,7 @@ def _suggestions(name: str) -> str:
 def _lookup(name: str) -> _Entry:
     if not isinstance(name, str) or not name:
         raise UnknownModelError(f'a model name must be a non-empty string, got {name!r}')
-    entry = _ENTRIES.get(name)
+    entry = _ENTRIES.get(name) or _ENTRIES.get(_PRESETS.get(name.lower(), ''))
     if entry is not None:
         return entry
     prefix, sep, rest = name.partition(':')
@@ -323,7 +352,7 @@ def list_models(pattern: str | None = None, family: str | None = None, source: S
         raise VisionmixError(f'unknown source {source!r}; choose from {", ".join(SOURCES)}')
     if pattern and not any(ch in pattern for ch in '*?['):
         pattern = f'*{pattern}*'
-    found = {name: (e.card.family, e.card.source) for name, e in _ENTRIES.items()}
+    found = {name: (e.card.family, e.card.source) for name, e in _ENTRIES.items() if e.preset is None}
     if include_all:
         for name in timm.list_models():
             found.setdefault(name, (None, 'timm'))
@@ -403,6 +432,9 @@ def create_model(
         CheckpointError: Weights that could not be fetched, read or fitted.
     """
     entry = _lookup(name)
+    if entry.preset is not None:
+        model, preset_kwargs = entry.preset
+        return create_model(model, pretrained, checkpoint_path, **{**preset_kwargs, **kwargs})
     for key in ('num_classes', 'in_chans'):
         value = kwargs.get(key)
         if key in kwargs and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
@@ -443,6 +475,8 @@ def takes_img_size(name: str) -> bool:
     Decided by building on the meta device (cheap): a model that rejects the keyword raises a TypeError there.
     """
     entry = _lookup(name)
+    if entry.preset is not None:
+        return takes_img_size(entry.preset[0])
     if entry.builder is not None:
         params = inspect.signature(entry.builder).parameters
         return 'img_size' in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
@@ -460,7 +494,8 @@ def takes_img_size(name: str) -> bool:
 
 def checkpoint_filter_for(name: str) -> checkpoint.FilterFn | None:
     """The filter that maps official key layouts to the model ``name`` builds, if its family has one."""
-    return _lookup(name).filter_fn
+    entry = _lookup(name)
+    return checkpoint_filter_for(entry.preset[0]) if entry.preset is not None else entry.filter_fn
 
 
 def load_checkpoint(model: nn.Module, path: Any, strict: bool = True, use_ema: bool = True,

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 from ..checkpoint import atomic_write
+from ..models.presets import PRESETS
 from ..errors import VisionmixError
-from ..registry import list_models, model_card
+from ..registry import model_card
 from ..reporting import fmt, pyplot, round_floats
 from .building import build_model
 from .config import ConfigError, TrainConfig, load_config, read_yaml
@@ -50,30 +51,8 @@ class StudyEntry:
     spatial: str = ''
 
 
-def _spach(*stages: Any) -> dict[str, Any]:
-    """A 3-stage SPACH-MS for 32x32 input: patch 4 (grids 8, 4, 2), widths 24 / 48 / 96, one block per stage."""
-    return dict(net_arch=[list(s) for s in stages], embed_dim=24, num_heads=2)
-
-
-# The default study, one place (label, registry name, kwargs, spatial function). An entry whose model is not
-# registered (e.g. Mobile-Former before its family lands) is skipped with a note in the report.
-DEFAULT_STUDY: list[StudyEntry] = [
-    StudyEntry('SPACH-Conv', 'spach_ms', _spach(('pass', 1), ('pass', 1), ('pass', 1)), 'conv'),
-    StudyEntry('SPACH-Attn', 'spach_ms', _spach(('attn', 1), ('attn', 1), ('attn', 1)), 'attention'),
-    StudyEntry('SPACH-MLP', 'spach_ms', _spach(('mlp', 1), ('mlp', 1), ('mlp', 1)), 'token MLP'),
-    StudyEntry('SPACH-Hybrid', 'spach_ms', _spach(('pass', 1), ('pass', 1), ('attn', 1)), 'conv + attention'),
-    StudyEntry('SPACH-Hire', 'spach_ms', _spach(('hire', 1), ('hire', 1), ('hire', 1)), 'Hire-MLP'),
-    StudyEntry('SPACH-WindowMLP', 'spach_ms', _spach(('window_mlp', 1, {'window_size': 4}),
-                                                     ('window_mlp', 1, {'window_size': 4}),
-                                                     ('window_mlp', 1, {'window_size': 2})), 'window MLP'),
-    StudyEntry('SPACH-Shift', 'spach_ms', _spach(('shift', 1), ('shift', 1), ('shift', 1)), 'axial shift'),
-    # timm's ResNet-50 code at 1 bottleneck per stage, widths 16..128, output stride 8 (32x32 -> 4x4 features;
-    # at stride 32 the features are 1x1 and it reaches only ~82% in this budget)
-    StudyEntry('ResNet-tiny', 'resnet50', dict(layers=[1, 1, 1, 1], channels=[16, 32, 64, 128], stem_width=16,
-                                               output_stride=8), 'conv (classic CNN)'),
-    # the smallest official Mobile-Former as is: ~0.5 MMACs at 32x32; 94.7% in this budget when measured
-    StudyEntry('Mobile-Former-26M', 'mobile_former_26m', {}, 'Mobile-Former bridge'),
-]
+# The default study: the presets of visionmix.models.presets (names usable wherever a model name is).
+DEFAULT_STUDY: list[StudyEntry] = [StudyEntry(name, name, {}, spatial) for name, (_, _, spatial, _) in PRESETS.items()]
 
 # Short-budget recipe from the DeiT/SPACH parts, tuned for digits at 32x32 on 2 CPU cores (see configs/digits.yaml).
 DEFAULT_RECIPE: dict[str, Any] = dict(
@@ -86,7 +65,7 @@ def parse_model_arg(text: str) -> StudyEntry:
     """``SPACH-Conv`` (a default-study label), ``resnet50``, ``fpn:resnet50`` or ``NAME:{yaml kwargs}`` -> a
     :class:`StudyEntry`. Keyword arguments start at the first ``:{`` or ``:[`` (a YAML flow collection), so model
     specs that contain ``:`` themselves keep it."""
-    for entry in DEFAULT_STUDY:
+    for entry in DEFAULT_STUDY:  # default-study labels keep their description
         if entry.label.lower() == text.lower():
             return entry
     starts = [i for i in (text.find(':{'), text.find(':[')) if i >= 0]
@@ -176,13 +155,8 @@ def compare(
 
 
 def _study_entries(models: list[StudyEntry] | None, console: Console) -> tuple[list[StudyEntry], list[str]]:
-    """The models to compare (the default study without ``models``) and notes on default entries left out."""
-    registered = set(list_models())
-    entries = list(models) if models else [e for e in DEFAULT_STUDY if e.model in registered]
-    notes = [] if models else [f'{e.label} skipped: {e.model} is not registered in this install'
-                               for e in DEFAULT_STUDY if e.model not in registered]
-    for note in notes:
-        console.print(f'note: {note}', style='yellow', highlight=False)
+    """The models to compare (the default study without ``models``) and notes on the comparison."""
+    entries, notes = list(models or DEFAULT_STUDY), []
     labels = [e.label for e in entries]
     if len(set(labels)) != len(labels):
         raise CompareError(f'duplicate model labels {sorted({x for x in labels if labels.count(x) > 1})}')

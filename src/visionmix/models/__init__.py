@@ -5,3 +5,4 @@ from . import swin_mlp  # noqa: F401
 from . import spach  # noqa: F401
 from . import mobile_former  # noqa: F401
 from . import unext  # noqa: F401
+from . import presets  # noqa: F401  (named small models of the default study; after the families)

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import VisionmixError, first_line
-from ..registry import ModelCard, MACS_COUNTER, create_model, model_card
+from ..registry import ModelCard, MACS_COUNTER, create_model, model_card, takes_img_size
 from .counting import count_macs, count_params
 from .measure import TRAIN_STEP, Stats, TrainStep, gemm_peak_gflops, num_threads, time_calls, time_interleaved
 from .memory import MemoryResult, measure_peak_memory
@@ -228,15 +228,19 @@ class _Subject:
     card: ModelCard | None
     spec: nn.Module | str  # what the memory child gets: the name (built there) or the module
     input_size: tuple[int, int, int]
+    build_kwargs: dict[str, Any] = field(default_factory=dict)  # the builder arguments of a name
 
 
 def _subject(model_or_name: nn.Module | str, img_size: int | Sequence[int] | None, name: str | None,
              model_kwargs: dict[str, Any] | None) -> _Subject:
     if isinstance(model_or_name, str):
         card = model_card(model_or_name)  # UnknownModelError (a ValueError) with suggestions
-        model = create_model(model_or_name, **(model_kwargs or {}))
         size = _input_size(img_size, card.input_size)
-        return _Subject(name or card.name, card.source, model, card, model_or_name, size)
+        kwargs = dict(model_kwargs or {})
+        if img_size is not None and takes_img_size(model_or_name):  # size-tied models are built for the size asked
+            kwargs.setdefault('img_size', size[1:])
+        model = create_model(model_or_name, **kwargs)
+        return _Subject(name or card.name, card.source, model, card, model_or_name, size, kwargs)
     if not isinstance(model_or_name, nn.Module):
         raise ProfileError(f'expected a model name or an nn.Module, got {type(model_or_name).__name__}')
     if model_kwargs:
@@ -367,7 +371,7 @@ def profile_model(
             task = progress.add_task(f'{subject.name}: peak memory (child process)', total=None) if progress else None
             mem = measure_peak_memory(
                 subject.spec, subject.input_size, batch_size, threads=used_threads, channels_last=channels_last,
-                forward=mode in ('infer', 'both'), train=mode in ('train', 'both'), model_kwargs=model_kwargs)
+                forward=mode in ('infer', 'both'), train=mode in ('train', 'both'), model_kwargs=subject.build_kwargs)
             if progress is not None:
                 progress.remove_task(task)
         result.forward_peak_mb, result.train_peak_mb = mem.forward_mb, mem.train_mb
