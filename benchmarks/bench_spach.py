@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
             for pname, p in official.named_parameters():
                 p.normal_(1.0 if 'norm' in pname and pname.endswith('weight') else 0.0, 0.05)
         ours = visionmix.create_model(name).eval()
-        ours.load_state_dict(checkpoint_filter_fn({'model': official.state_dict()}, ours), strict=True)
+        ours.load_state_dict(checkpoint_filter_fn(official.state_dict(), ours), strict=True)
         x = torch.randn(args.batch_size, 3, 224, 224)
         with torch.inference_mode():
             diff = (official(x) - ours(x)).abs().max().item()

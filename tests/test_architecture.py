@@ -20,7 +20,7 @@ PACKAGE = 'visionmix'
 # Each module's floor; a module may import modules of its own floor or below. The package __init__ files are the
 # public facade (they re-export) and are left out of the floor rule, not out of the cycle check.
 FLOORS = [
-    ('leaf', ('errors', 'reporting', 'dilation', 'bpr', 'checkpoint', 'layers', 'data')),
+    ('leaf', ('errors', 'reporting', 'sizes', 'dilation', 'bpr', 'checkpoint', 'layers', 'data')),
     ('registry', ('registry',)),
     ('models', ('models',)),
     ('profile', ('profile',)),

@@ -242,9 +242,8 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
             console.print(f'interrupted {where}{resume}', style='yellow', highlight=False, soft_wrap=True)
         return EXIT_INTERRUPTED
     if _is_main_process():
-        label = {'top1': 'top-1', 'dice': 'Dice'}.get(result.metric, result.metric)
-        console.print(f'{result.run_dir}: {label} {result.score:.2f}% after {result.epochs_done} epochs (best '
-                      f'{result.best_score:.2f}% at epoch {result.best_epoch})', highlight=False)
+        console.print(f'{result.run_dir}: {result.metric_label} {result.score:.2f}% after {result.epochs_done} '
+                      f'epochs (best {result.best_score:.2f}% at epoch {result.best_epoch})', highlight=False)
     return 0
 
 
@@ -308,7 +307,8 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
         table.add_column('IoU %', justify='right')
         for name, m in res['per_class'].items():
             table.add_row(name, f'{m["dice"]:.2f}', f'{m["iou"]:.2f}')
-        summary = f'Dice {res["dice"]:.2f}%  IoU {res["iou"]:.2f}%  loss {res["loss"]:.4f}'
+        summary = (f'mIoU {res["miou"]:.2f}%  pixel accuracy {res["pixel_acc"]:.2f}%  ' if len(res['classes']) > 1
+                   else '') + f'Dice {res["dice"]:.2f}%  IoU {res["iou"]:.2f}%  loss {res["loss"]:.4f}'
     else:
         table.add_column('accuracy %', justify='right')
         for name, acc in res['per_class'].items():

@@ -38,7 +38,7 @@ __all__ = [
     'FAMILIES', 'MACS_COUNTER', 'ModelCard', 'ModelArgumentError', 'UnknownModelError', 'Composite',
     'register_visionmix_model', 'register_passthrough', 'register_composite', 'create_model', 'list_models',
     'model_card', 'card_to_pretrained_fields', 'checkpoint_filter_for', 'load_checkpoint', 'takes_img_size',
-    'composite_prefixes', 'register_preset', 'list_presets',
+    'composite_prefixes', 'register_preset', 'list_presets', 'register_timm_option',
 ]
 
 # 'other': a timm / torchvision name whose family visionmix has not classified (generic cards only)
@@ -157,6 +157,8 @@ class Composite:
 _ENTRIES: dict[str, _Entry] = {}
 _COMPOSITES: dict[str, Composite] = {}
 _PRESETS: dict[str, str] = {}  # lower-case name -> registered name
+# keyword -> apply(model, value, other kwargs): options visionmix adds to timm-built models (timm would refuse them)
+_TIMM_OPTIONS: dict[str, Callable[[nn.Module, Any, dict[str, Any]], nn.Module]] = {}
 
 
 def card_to_pretrained_fields(card: ModelCard) -> dict[str, Any]:
@@ -234,6 +236,14 @@ def register_preset(name: str, model: str, kwargs: dict[str, Any], description: 
 def list_presets() -> dict[str, tuple[str, dict[str, Any]]]:
     """Preset name -> (model, kwargs)."""
     return {name: _ENTRIES[name].preset for name in _PRESETS.values()}
+
+
+def register_timm_option(name: str, apply: Callable[[nn.Module, Any, dict[str, Any]], nn.Module]) -> None:
+    """Accept ``name=`` for timm-built models (pass-throughs and generic timm names): timm builds the model without
+    it, then ``apply(model, value, kwargs)`` returns the model with the option applied (e.g. ``dilation='hdc'``)."""
+    if name in _TIMM_OPTIONS:
+        raise ValueError(f'timm option {name!r} is already registered')
+    _TIMM_OPTIONS[name] = apply
 
 
 def composite_prefixes() -> dict[str, str]:
@@ -448,7 +458,10 @@ def create_model(
         except TypeError as e:
             raise ModelArgumentError(f'{name}: bad argument: {e}') from None
     else:
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k in _TIMM_OPTIONS and entry.module is None}
         model = _build_timm(name, pretrained, kwargs)
+        for key, value in options.items():
+            model = _TIMM_OPTIONS[key](model, value, kwargs)
     if checkpoint_path is not None:
         checkpoint.load_checkpoint(model, checkpoint_path, strict=True, filter_fn=entry.filter_fn, adapt=True)
     if entry.check_input:

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .base import IMG_EXTENSIONS, DataError, DatasetInfo, ImageListDataset, check_images
-from .segmentation import build_segfolder, build_synthetic_seg
+from .segmentation import build_segfolder, build_synthetic_seg, build_textures_seg
 from .synthetic import build_synthetic
 
 __all__ = ['DATASET_KINDS', 'DatasetKind', 'build_datasets', 'dataset_task', 'parse_spec', 'dataset_specs',
@@ -314,6 +314,8 @@ for _kind in (
                 'segmentation'),
     DatasetKind('segfolder', 'segmentation', 'PATH', lambda path, size, skip: build_segfolder(path, skip),
                 'UNeXt layout PATH/images/, PATH/masks/0/', 'segmentation'),
+    DatasetKind('textures-seg', 'segmentation', 'N', lambda n, size, skip: build_textures_seg(n, size),
+                'CC0 textures filling shapes, the horse and blobs: background + 3 texture classes', 'segmentation'),
 ):
     register_dataset(_kind)
 

@@ -24,8 +24,10 @@ from torch.utils.data import Dataset
 
 from .base import IMG_EXTENSIONS, DataError, DatasetInfo, check_images
 from .synthetic import DEFAULT_SEED, DEFAULT_TRAIN, make_seg_arrays
+from .textures import TEXTURE_CLASSES, textures_seg_splits
 
-__all__ = ['SegmentationDataset', 'build_synthetic_seg', 'build_segfolder', 'SEGFOLDER_SPLIT_SEED']
+__all__ = ['SegmentationDataset', 'build_synthetic_seg', 'build_segfolder', 'build_textures_seg',
+           'SEGFOLDER_SPLIT_SEED']
 
 SEGFOLDER_VAL_FRACTION = 0.2
 SEGFOLDER_SPLIT_SEED = 41  # UNeXt-pytorch train.py: train_test_split(img_ids, test_size=0.2, random_state=41)
@@ -107,6 +109,17 @@ def build_synthetic_seg(img_size: int = 32, num_train: int | None = None,
     info = DatasetInfo(f'synthetic-seg:{n_train}', classes, n_train, n_val, task='segmentation',
                        description=f'synthetic shapes with binary masks, seed {DEFAULT_SEED}, {img_size}px')
     return train, val, info
+
+
+def build_textures_seg(num_train: int | None = None, img_size: int = 64,
+                       ) -> tuple[SegmentationDataset, SegmentationDataset, DatasetInfo]:
+    """``textures-seg[:N]``: N (default 600) train and N // 4 val images whose classes differ by texture only."""
+    train_x, train_y, val_x, val_y = textures_seg_splits(num_train=num_train, size=img_size)
+    classes = list(TEXTURE_CLASSES)
+    info = DatasetInfo(f'textures-seg:{len(train_x)}', classes, len(train_x), len(val_x), task='segmentation',
+                       description=f'scikit-image CC0 textures ({", ".join(classes[1:])}) filling shapes, the horse '
+                                   f'and blobs on a generated background, {img_size}px, masks exact')
+    return SegmentationDataset(train_x, train_y, classes), SegmentationDataset(val_x, val_y, classes), info
 
 
 def _by_stem(folder: Path) -> dict[str, str]:

@@ -71,28 +71,33 @@ def seg_predict(logits: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_segmentation(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device | str = 'cpu',
                           channels_last: bool = False, full: bool = False) -> dict[str, Any]:
-    """Dice and IoU (%) of the predicted masks and the mean loss (BCE / CE + Dice) over the loader.
+    """Dice, IoU, mIoU and pixel accuracy (%) of the predicted masks and the mean loss (BCE / CE + Dice).
 
-    Both are pooled over every pixel of the split (TP, FP, FN summed, then Dice = 2TP / (2TP + FP + FN) = pixel F1,
-    IoU = TP / (TP + FP + FN)), per foreground class, then averaged over the foreground classes: the one class of a
-    binary model, classes 1..K-1 of a K-class one. A class absent from both prediction and target scores 0. With
-    ``full``, the per-class values too.
+    Every count is pooled over all pixels of the split (TP, FP, FN summed, then Dice = 2TP / (2TP + FP + FN) = pixel
+    F1, IoU = TP / (TP + FP + FN)). ``dice`` and ``iou`` average over the foreground classes (the one class of a
+    binary model, classes 1..K-1 of a K-class one); ``miou`` is the semantic-segmentation mIoU, over every class
+    background included (for a binary model: background and foreground); ``pixel_acc`` is the share of pixels whose
+    class is right. A class absent from both prediction and target scores 0. With ``full``, the per-class values
+    (``per_class_iou_all`` includes the background).
     """
     pixel_classes = max(2, num_classes)  # binary: background 0 / foreground 1
     dice = MulticlassF1Score(num_classes=pixel_classes, average='none').to(device)
     iou = MulticlassJaccardIndex(num_classes=pixel_classes, average='none').to(device)
+    accuracy = MulticlassAccuracy(num_classes=pixel_classes, average='micro').to(device)
     criterion = segmentation_loss(num_classes)
 
     def update(logits: torch.Tensor, targets: torch.Tensor) -> float:
         preds = seg_predict(logits)
-        dice.update(preds, targets)
-        iou.update(preds, targets)
+        for metric in (dice, iou, accuracy):
+            metric.update(preds, targets)
         return criterion(logits, targets).item() * len(targets)
 
     loss, num_images = _sweep(model, loader, device, channels_last, update)
-    per_dice, per_iou = (100 * m.compute()[1:] for m in (dice, iou))  # drop background
-    out: dict[str, Any] = dict(dice=per_dice.mean().item(), iou=per_iou.mean().item(), loss=loss,
-                               num_images=num_images)
+    all_iou = 100 * iou.compute()
+    per_dice, per_iou = 100 * dice.compute()[1:], all_iou[1:]  # foreground classes
+    out: dict[str, Any] = dict(dice=per_dice.mean().item(), iou=per_iou.mean().item(), miou=all_iou.mean().item(),
+                               pixel_acc=100 * accuracy.compute().item(), loss=loss, num_images=num_images)
     if full:
         out['per_class_dice'], out['per_class_iou'] = per_dice.tolist(), per_iou.tolist()
+        out['per_class_iou_all'] = all_iou.tolist()
     return out

@@ -74,6 +74,7 @@ class RunResult:
     train_seconds: float
     finished: bool
     metric: str = 'top1'
+    metric_label: str = 'top-1'
 
     def _named(self, metric: str, value: float) -> float:
         if metric != self.metric:
@@ -84,6 +85,7 @@ class RunResult:
     best_top1 = property(lambda self: self._named('top1', self.best_score))
     dice = property(lambda self: self._named('dice', self.score))
     best_dice = property(lambda self: self._named('dice', self.best_score))
+    miou = property(lambda self: self._named('miou', self.score))
 
     def to_dict(self) -> dict[str, Any]:
         return {'run_dir': str(self.run_dir), 'epochs_done': self.epochs_done, 'metric': self.metric,
@@ -403,7 +405,7 @@ class Trainer:
         metric = self.task.metric
         score = self.history[-1][f'val_{metric}'] if self.history else float('nan')
         result = RunResult(self.run_dir, len(self.history), self.history, score, self.best_score, self.best_epoch,
-                           self.train_seconds, finished, metric)
+                           self.train_seconds, finished, metric, self.task.metric_label)
         if self.is_main and self.history:
             plot_curves(self.history, self.run_dir / 'curves.png', metric, self.task.metric_label,
                         title=f'{self.label} on {self.cfg.dataset} at {size_str(self.cfg.img_size)}, '

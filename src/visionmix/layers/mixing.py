@@ -50,6 +50,7 @@ __all__ = [
 # A factory builds one spatial function; it returns None for "no spatial function" ('pass').
 SpatialFactory = Callable[..., nn.Module | None]
 _SPATIAL_FUNCS: dict[str, SpatialFactory] = {}
+_MODEL_SET = {'dim', 'grid_size', 'block_idx', 'dilation', 'run_grid_size'}  # factory arguments the model decides
 
 
 def register_spatial_func(name: str) -> Callable[[SpatialFactory], SpatialFactory]:
@@ -57,7 +58,9 @@ def register_spatial_func(name: str) -> Callable[[SpatialFactory], SpatialFactor
 
     The factory is called as ``factory(dim=..., grid_size=..., block_idx=..., **kwargs)`` with only the keyword
     arguments its signature names, so that one model-wide set of arguments can serve every spatial function in the
-    model. ``block_idx`` is the block's index inside its stage, for per-block schedules (shifts, steps).
+    model. ``block_idx`` is the block's index inside its stage, for per-block schedules (shifts, steps). Set by the
+    model too, never by a run's options: ``dilation`` (the block's rate in a stage past the output stride, for
+    k x k convs) and ``run_grid_size`` (the grid such a stage runs on, larger than ``grid_size``).
     """
 
     def decorate(factory: SpatialFactory) -> SpatialFactory:
@@ -87,7 +90,7 @@ def check_spatial_options(name: str, options: Mapping[str, Any]) -> None:
     Model-wide options are shared by every spatial function of a model, so :func:`create_spatial_func` filters
     those; options given for one run of blocks are meant for its function and are checked here.
     """
-    accepted = set(_factory_params(name)) - {'dim', 'grid_size', 'block_idx'}
+    accepted = set(_factory_params(name)) - _MODEL_SET
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise VisionmixError(f'spatial function {name!r} takes no option(s) {unknown}; it accepts '
@@ -99,6 +102,8 @@ def create_spatial_func(
         dim: int,
         grid_size: tuple[int, int] | None = None,
         block_idx: int = 0,
+        dilation: int = 1,
+        run_grid_size: tuple[int, int] | None = None,
         **kwargs: Any,
 ) -> nn.Module | None:
     """Build the spatial function ``name`` for ``dim`` channels on a ``grid_size`` token grid.
@@ -108,6 +113,8 @@ def create_spatial_func(
         dim: Channels of the map.
         grid_size: (H, W) of the token grid the model is built for; grid-tied functions (``'mlp'``) need it.
         block_idx: Index of the block inside its stage.
+        dilation: Dilation of the function's k x k convs (``'shift'``), for a stage past the output stride.
+        run_grid_size: The larger grid such a stage runs on (``'window_mlp'`` then shifts its odd blocks).
         **kwargs: Options for any spatial function; those the factory does not take are ignored.
 
     Raises:
@@ -115,7 +122,7 @@ def create_spatial_func(
     """
     params = _factory_params(name)
     factory = _SPATIAL_FUNCS[name]
-    kwargs = dict(kwargs, grid_size=grid_size, block_idx=block_idx)
+    kwargs = dict(kwargs, grid_size=grid_size, block_idx=block_idx, dilation=dilation, run_grid_size=run_grid_size)
     return factory(dim=dim, **{k: v for k, v in kwargs.items() if k in params})
 
 
@@ -219,9 +226,10 @@ def _window_mlp(
         num_heads: int = 8,
         window_size: int = 7,
         shift: bool = True,
+        run_grid_size: tuple[int, int] | None = None,
 ) -> WindowSpatialMlp:
     if grid_size is not None:
-        window_size, half_shift = stage_window(grid_size, window_size)
+        window_size, half_shift = stage_window(grid_size, window_size, run_grid_size)
     else:
         half_shift = window_size // 2
     shift_size = half_shift if shift and block_idx % 2 else 0  # Swin-MLP shifts the odd blocks
@@ -247,8 +255,9 @@ def _shift(
         shift_size: int = 5,
         act_layer: Callable[..., nn.Module] = nn.GELU,
         drop: float = 0.,
+        dilation: int = 1,
 ) -> AxialShiftMlp:
-    return AxialShiftMlp(dim, dim, shift_size=shift_size, act_layer=act_layer, drop=drop)
+    return AxialShiftMlp(dim, dim, shift_size=shift_size, act_layer=act_layer, drop=drop, dilation=dilation)
 
 
 class MixingBlock(nn.Module):
@@ -268,6 +277,9 @@ class MixingBlock(nn.Module):
         drop_path: Stochastic depth of the spatial and channel branches (not of the CPE).
         norm_layer: Normalization over channels.
         act_layer: Activation of the channel MLP.
+        run_grid_size: The larger grid the block runs on in a stage past the output stride (``'window_mlp'`` keeps
+            its window and shifts its odd blocks once that grid holds more than one window).
+        dilation: Dilation of the block's 3x3 convs (the CPE, ``'shift'``'s depthwise conv) in such a stage.
     """
 
     def __init__(
@@ -285,16 +297,19 @@ class MixingBlock(nn.Module):
             drop_path: float = 0.,
             norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-6),
             act_layer: Callable[..., nn.Module] = nn.GELU,
+            run_grid_size: tuple[int, int] | None = None,
+            dilation: int = 1,
     ) -> None:
         super().__init__()
         grid_size = tuple(to_2tuple(grid_size)) if grid_size is not None else None
         if spatial_module is None:
-            spatial_module = create_spatial_func(spatial, dim, grid_size, block_idx, **(spatial_kwargs or {}))
+            spatial_module = create_spatial_func(spatial, dim, grid_size, block_idx, dilation, run_grid_size,
+                                                 **(spatial_kwargs or {}))
         self.token_mixer = spatial_module
         if spatial_module is not None:
             self.norm1 = norm_layer(dim)
             self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
-        self.cpe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim) if cpe else None
+        self.cpe = nn.Conv2d(dim, dim, 3, padding=dilation, dilation=dilation, groups=dim) if cpe else None
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * channel_ratio), act_layer=act_layer, drop=proj_drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()

@@ -62,6 +62,8 @@ class AxialShiftMlp(nn.Module):
         shift_size: Channel groups of each axial shift (UNeXt: 5, i.e. shifts -2..2).
         act_layer: Activation after the depthwise conv.
         drop: Dropout after the activation and after fc2.
+        dilation: Dilation of the depthwise conv (a backbone stage past its output stride); the shifts stay in
+            positions of the map.
     """
 
     def __init__(
@@ -71,12 +73,13 @@ class AxialShiftMlp(nn.Module):
             shift_size: int = 5,
             act_layer: Callable[..., nn.Module] = nn.GELU,
             drop: float = 0.,
+            dilation: int = 1,
     ) -> None:
         super().__init__()
         hidden_dim = hidden_dim or dim
         self.shift_size = shift_size
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
+        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=dilation, dilation=dilation, groups=hidden_dim)
         self.act = act_layer()
         self.drop = nn.Dropout(drop)
         self.fc2 = nn.Linear(hidden_dim, dim)

@@ -183,11 +183,27 @@ class WindowSpatialMlp(nn.Module):
                f'shift_size={self.shift_size}'
 
 
-def stage_window(grid_size: Sequence[int], window_size: int) -> tuple[int, int]:
+def stage_window(
+        grid_size: Sequence[int],
+        window_size: int,
+        run_grid_size: Sequence[int] | None = None,
+) -> tuple[int, int]:
     """(window, shift of the odd blocks) of a stage, as Swin-MLP decides it from its build-time map size.
 
     A map no larger than the window is one window: no partition, nothing to shift.
+
+    Args:
+        grid_size: The stage's token grid at the build size and output stride 32; it sizes the window, hence the
+            weights.
+        window_size: Window side before clamping to small maps.
+        run_grid_size: The grid the stage runs on when a smaller output stride keeps it larger (a dilated stage).
+            The window stays the one ``grid_size`` gives (same weights), and the odd blocks shift by half of it when
+            that larger map holds more than one window.
     """
     if min(grid_size) <= window_size:
-        return min(grid_size), 0
-    return window_size, window_size // 2
+        window, shift = min(grid_size), 0
+    else:
+        window, shift = window_size, window_size // 2
+    if run_grid_size is not None and min(run_grid_size) > window:
+        shift = window // 2
+    return window, shift

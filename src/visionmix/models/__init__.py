@@ -1,5 +1,6 @@
 """Model families. Importing this package registers every family in timm's and visionmix's registries."""
 from . import classic  # noqa: F401  (timm / torchvision pass-throughs)
+from . import dilated_resnet  # noqa: F401  (dilation='hdc' for timm ResNets)
 from . import hire_mlp  # noqa: F401
 from . import swin_mlp  # noqa: F401
 from . import spach  # noqa: F401

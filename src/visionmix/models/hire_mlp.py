@@ -26,13 +26,15 @@ from ..errors import VisionmixError
 from ..layers.hire import HireMlp, hire_step
 from ..checkpoint import unwrapping
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
+from ..layers.stride import plan_stages
 
 __all__ = ['HireMlpNet', 'HireBlock', 'HireStage', 'checkpoint_filter_fn']
 
 
-def _conv_bn_relu(in_chs: int, out_chs: int, kernel_size: int, stride: int, padding: int) -> nn.Sequential:
+def _conv_bn_relu(in_chs: int, out_chs: int, kernel_size: int, stride: int, padding: int,
+                  dilation: int = 1) -> nn.Sequential:
     return nn.Sequential(OrderedDict(
-        conv=nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=padding),
+        conv=nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=padding, dilation=dilation),
         norm=nn.BatchNorm2d(out_chs),
         act=nn.ReLU(),
     ))
@@ -64,7 +66,7 @@ class HireBlock(nn.Module):
 
 
 class HireStage(nn.Module):
-    """Optional stride-2 conv downsampling followed by Hire blocks."""
+    """Optional 3x3 conv downsampling (stride 2, or stride 1 dilated by ``down_dilation``) followed by Hire blocks."""
 
     def __init__(
             self,
@@ -78,10 +80,15 @@ class HireStage(nn.Module):
             mlp_ratio: float = 4.,
             proj_drop: float = 0.,
             drop_path_rates: Sequence[float] | None = None,
+            down_stride: int = 2,
+            down_dilation: int = 1,
     ) -> None:
         super().__init__()
         self.grad_checkpointing = False
-        self.downsample = _conv_bn_relu(in_chs, out_chs, 3, 2, 1) if downsample else nn.Identity()
+        # a stride-1 (dilated) downsampler keeps the map size with padding = dilation
+        padding = 1 if down_stride == 2 else down_dilation
+        self.downsample = _conv_bn_relu(in_chs, out_chs, 3, down_stride, padding, down_dilation) if downsample \
+            else nn.Identity()
         drop_path_rates = drop_path_rates or [0.] * depth
         self.blocks = nn.Sequential(*[
             HireBlock(out_chs, region_size, step, mlp_ratio=mlp_ratio, proj_drop=proj_drop, drop_path=dpr)
@@ -141,6 +148,8 @@ class HireMlpNet(nn.Module):
             drop_rate: float = 0.,
             proj_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            output_stride: int = 32,
+            dilation: str = 'constant',
     ) -> None:
         """
         Args:
@@ -156,6 +165,11 @@ class HireMlpNet(nn.Module):
             drop_rate: Dropout before the classifier.
             proj_drop_rate: Dropout inside the blocks (after the Hire projection and in the MLP).
             drop_path_rate: Stochastic depth of the last block; it rises linearly from 0 over all blocks.
+            output_stride: 32, 16 or 8: the stages past it keep their resolution (their downsampling conv runs at
+                stride 1, dilated by the previous stage's rate with ``'constant'``, by 1 with ``'hdc'``); the Hire
+                region mixers run on the larger maps. The blocks hold no k x k conv to dilate, so both schedules
+                differ only in the downsampling conv of the second dilated stage (output stride 8: 2 vs 1).
+            dilation: ``'constant'`` or ``'hdc'`` (see :mod:`visionmix.models.dilated_resnet`).
         """
         super().__init__()
         num_stages = len(depths)
@@ -169,17 +183,17 @@ class HireMlpNet(nn.Module):
         total = sum(depths)
         # the official schedule divides by (total - 1) so the last block gets exactly drop_path_rate
         dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        plans = plan_stages([1] + [2] * (num_stages - 1), depths, output_stride, dilation, stem_reduction=4)
         stages = []
         self.feature_info = []
-        prev, reduction, first = dims[0], 4, 0
-        for i in range(num_stages):
-            if i > 0:
-                reduction *= 2
+        prev, first = dims[0], 0
+        for i, plan in enumerate(plans):
             stages.append(HireStage(
                 prev, dims[i], depths[i], region_sizes[i], step_strides[i], step_dilations[i], downsample=i > 0,
                 mlp_ratio=mlp_ratio, proj_drop=proj_drop_rate, drop_path_rates=dpr[first:first + depths[i]],
+                down_stride=plan.stride, down_dilation=plan.first_rate,
             ))
-            self.feature_info.append(dict(num_chs=dims[i], reduction=reduction, module=f'stages.{i}'))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=plan.reduction, module=f'stages.{i}'))
             prev, first = dims[i], first + depths[i]
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = dims[-1]

@@ -50,6 +50,7 @@ from ..layers.bridge import Former, FormerToMobile, MobileToFormer
 from ..layers.dyrelu import DynamicReLU
 from ..checkpoint import unwrapping
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
+from ..layers.stride import plan_stages
 
 __all__ = ['MobileFormer']
 
@@ -64,11 +65,20 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 class ConvBn(nn.Module):
-    """Conv (no bias) + BatchNorm."""
+    """Conv (no bias, 'same' padding for its dilation) + BatchNorm."""
 
-    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, groups: int = 1) -> None:
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            kernel_size: int = 1,
+            stride: int = 1,
+            groups: int = 1,
+            dilation: int = 1,
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, dilation * (kernel_size // 2), dilation,
+                              groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,6 +127,9 @@ class DnaBlock(nn.Module):
         hyper_reduction: Reduction of the dynamic-ReLU hyper-functions.
         drop_path: Stochastic depth of the token branch and the Former->Mobile bridge.
         cnn_drop_path: Stochastic depth of the conv branch.
+        dilation: Dilation of the 3x3 convs after the strided one (a stage past the output stride).
+        first_dilation: Dilation of the conv that strides, or would (timm's convention; ``dilation`` if None). The
+            dw conv is this block's only 3x3 conv: it takes ``first_dilation``.
     """
 
     def __init__(
@@ -133,6 +146,8 @@ class DnaBlock(nn.Module):
             hyper_reduction: int = 4,
             drop_path: float = 0.,
             cnn_drop_path: float = 0.,
+            dilation: int = 1,
+            first_dilation: int | None = None,
     ) -> None:
         super().__init__()
         hidden = round(in_chs * exp_ratio)
@@ -140,7 +155,7 @@ class DnaBlock(nn.Module):
         self.has_skip = stride == 1 and in_chs == out_chs
         self.conv1 = ConvBn(in_chs, hidden, 1, groups=group_num)
         self.act1 = DynamicReLU(hidden, token_dim, reduction=hyper_reduction)
-        self.conv2 = ConvBn(hidden, hidden, 3, stride, groups=hidden)
+        self.conv2 = ConvBn(hidden, hidden, 3, stride, groups=hidden, dilation=first_dilation or dilation)
         self.act2 = DynamicReLU(hidden, token_dim, reduction=hyper_reduction)
         self.conv3 = ConvBn(hidden, out_chs, 1, groups=group_num)
         self.drop_path = DropPath(cnn_drop_path) if cnn_drop_path > 0. else nn.Identity()
@@ -165,7 +180,7 @@ class DnaBlock3(nn.Module):
 
     With ``exp_ratio2 == 0`` it is a plain dw-BN-ReLU6-pw-BN block with no bridge (the first block of every model).
     Arguments as :class:`DnaBlock`; ``exp_ratio`` expands the input for the first dw conv, ``exp_ratio2`` the output
-    for the second.
+    for the second. The first dw conv (the strided one) takes ``first_dilation``, the second ``dilation``.
     """
 
     def __init__(
@@ -183,23 +198,26 @@ class DnaBlock3(nn.Module):
             hyper_reduction: int = 4,
             drop_path: float = 0.,
             cnn_drop_path: float = 0.,
+            dilation: int = 1,
+            first_dilation: int | None = None,
     ) -> None:
         super().__init__()
+        first_dilation = first_dilation or dilation
         self.group_num = group_num
         self.in_chs, self.out_chs = in_chs, out_chs
         self.has_skip = stride == 1 and in_chs == out_chs
         self.conv_only = exp_ratio == 1 or exp_ratio2 == 0
         hidden1 = in_chs * exp_ratio
         if self.conv_only:
-            self.conv_dw = ConvBn(in_chs, hidden1, 3, stride, groups=in_chs)
+            self.conv_dw = ConvBn(in_chs, hidden1, 3, stride, groups=in_chs, dilation=first_dilation)
             self.conv_pw = ConvBn(hidden1, out_chs, 1, groups=group_num)
             self.bridges = None
             return
         hidden2 = out_chs * exp_ratio2
-        self.conv1 = ConvBn(in_chs, hidden1, 3, stride, groups=in_chs)
+        self.conv1 = ConvBn(in_chs, hidden1, 3, stride, groups=in_chs, dilation=first_dilation)
         self.act1 = DynamicReLU(hidden1, token_dim, reduction=hyper_reduction)
         self.conv2 = ConvBn(hidden1, out_chs, 1, groups=group_num)
-        self.conv3 = ConvBn(out_chs, hidden2, 3, 1, groups=out_chs)
+        self.conv3 = ConvBn(out_chs, hidden2, 3, 1, groups=out_chs, dilation=dilation)
         self.act3 = DynamicReLU(hidden2, token_dim, reduction=hyper_reduction)
         self.conv4 = ConvBn(hidden2, out_chs, 1, groups=group_num)
         self.drop_path = DropPath(cnn_drop_path) if cnn_drop_path > 0. else nn.Identity()
@@ -222,6 +240,28 @@ class DnaBlock3(nn.Module):
         out = self.drop_path(self.conv4(out)) + out_cp
         out = self.bridges.former_to_mobile(out, tokens)
         return (out + x if self.has_skip else out), tokens
+
+
+def _block_plans(block_args: Sequence[BlockArgs], output_stride: int, dilation: str) -> list[tuple[int, int, int, int]]:
+    """``(stride, first_dilation, dilation, reduction)`` of every block at ``output_stride``.
+
+    A stage is a strided block and the stride-1 blocks after it; blocks before the first strided one belong to the
+    stem's stage (reduction 2).
+    """
+    stages: list[list[int]] = [[]]
+    strides = [1]
+    for i, row in enumerate(block_args):
+        if row[3] != 1:
+            stages.append([])
+            strides.append(row[3])
+        stages[-1].append(i)
+    plans = plan_stages(strides, [len(blocks) for blocks in stages], output_stride, dilation, stem_reduction=2)
+    out = []
+    for blocks, plan in zip(stages, plans):
+        for j in range(len(blocks)):
+            first = (plan.stride, plan.first_rate) if j == 0 else (1, plan.rates[j])
+            out.append((*first, plan.rates[j], plan.reduction))
+    return out
 
 
 @register_notrace_module  # reason: branches on the batch size in training
@@ -315,6 +355,12 @@ class MobileFormer(nn.Module):
         former_heads: Heads of the token self-attention.
         former_mlp_ratio: Expansion of the token FFN.
         hyper_reduction: Reduction of the dynamic-ReLU hyper-functions.
+        output_stride: 32, 16 or 8: the blocks past it keep their resolution. A stage is a stride-2 block and the
+            stride-1 blocks after it; in a dilated stage the stride-2 block runs at stride 1, its strided dw conv
+            dilated by the previous stage's rate (``'constant'``) or 1 (``'hdc'``), and every later 3x3 dw conv of
+            block ``j`` of the stage by the stage's rate (``'constant'``: 2, then 4) or the HDC rate ``r_j``. The
+            bridges are attention over the whole map and work on the larger one unchanged.
+        dilation: ``'constant'`` or ``'hdc'`` (see :mod:`visionmix.models.dilated_resnet`).
     """
 
     def __init__(
@@ -336,6 +382,8 @@ class MobileFormer(nn.Module):
             former_heads: int = 4,
             former_mlp_ratio: float = 2.,
             hyper_reduction: int = 4,
+            output_stride: int = 32,
+            dilation: str = 'constant',
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -351,21 +399,24 @@ class MobileFormer(nn.Module):
             token_dim=token_dim, group_num=group_num, bridge_heads=bridge_heads, former_heads=former_heads,
             former_mlp_ratio=former_mlp_ratio, hyper_reduction=hyper_reduction)
         blocks = []
-        chs, reduction = stem_chs, 2
-        self.feature_info = [dict(num_chs=chs, reduction=reduction, module='stem')]
+        chs = stem_chs
+        plans = _block_plans(block_args, output_stride, dilation)
+        self.feature_info = [dict(num_chs=chs, reduction=2, module='stem')]
         self._taps = [-1]  # block index after which each feature map is taken (-1: the stem)
         for i, (kind, e1, out_chs, stride, e2) in enumerate(block_args):
             rates = dict(drop_path=drop_path_rate * (i + 1) / len(block_args),
                          cnn_drop_path=cnn_drop_path_rate * (i + 1) / len(block_args))
+            real_stride, first_dilation, rate, reduction = plans[i]
+            dilations = dict(dilation=rate, first_dilation=first_dilation)
             if kind == 'D':
-                blocks.append(DnaBlock(chs, out_chs, stride, e1, **common, **rates))
+                blocks.append(DnaBlock(chs, out_chs, real_stride, e1, **common, **rates, **dilations))
             elif kind == 'D3':
-                blocks.append(DnaBlock3(chs, out_chs, stride, e1, e2, **common, **rates))
+                blocks.append(DnaBlock3(chs, out_chs, real_stride, e1, e2, **common, **rates, **dilations))
             else:
                 raise VisionmixError(f"block type must be 'D' or 'D3', got {kind!r}")
+            blocks[-1].has_skip = stride == 1 and chs == out_chs  # the official stride decides: dilating adds none
             chs = out_chs
-            if stride == 2:
-                reduction *= 2
+            if stride == 2:  # a new feature level where the official model strides, dilated or not
                 self.feature_info.append(dict(num_chs=chs, reduction=reduction, module=f'blocks.{i}'))
                 self._taps.append(i)
             else:

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, to_2tuple
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
@@ -44,6 +45,7 @@ from ..errors import VisionmixError
 from ..layers.mixing import MixingBlock, check_spatial_options, create_spatial_func
 from ..checkpoint import unwrapping
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
+from ..layers.stride import plan_stages
 
 __all__ = ['Spach', 'SpachStem', 'SpachDownsample', 'SpachStage', 'parse_net_arch', 'checkpoint_filter_fn']
 
@@ -142,15 +144,27 @@ class SpachStem(nn.Module):
 
 
 class SpachDownsample(nn.Module):
-    """Halve the resolution of a channels-last map: conv 2x2 stride 2 (no bias), then GroupNorm with one group."""
+    """Halve the resolution of a channels-last map: conv 2x2 stride 2 (no bias), then GroupNorm with one group.
 
-    def __init__(self, in_chs: int, out_chs: int) -> None:
+    With ``stride=1`` (a stage past the output stride) the 2x2 conv is dilated by ``dilation`` and the map is
+    zero-padded by ``dilation`` at the bottom / right, so the size is kept; with ``dilation=1`` its even positions are
+    exactly the stride-2 conv's output.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 2, dilation: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, 2, stride=2, bias=False)
+        if stride not in (1, 2) or (stride == 2 and dilation != 1):
+            raise VisionmixError(f'the downsampling conv runs at stride 2, or at stride 1 with a dilation, got stride '
+                                 f'{stride}, dilation {dilation}')
+        self.conv = nn.Conv2d(in_chs, out_chs, 2, stride=stride, dilation=dilation, bias=False)
         self.norm = nn.GroupNorm(1, out_chs)  # one group: normalises over C, H and W together
+        self.pad = dilation if stride == 1 else 0  # bottom / right: position i merges i and i + dilation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        x = x.permute(0, 3, 1, 2)
+        if self.pad:
+            x = F.pad(x, (0, self.pad, 0, self.pad))
+        return self.norm(self.conv(x)).permute(0, 2, 3, 1)
 
 
 class SpachStage(nn.Module):
@@ -166,6 +180,10 @@ class SpachStage(nn.Module):
         shared_spatial: One spatial function for all blocks of the stage (SPACH's weight sharing); the stage
             must use a single spatial function other than ``'pass'``.
         spatial_kwargs: Model-wide spatial-function options; a run's own options override them.
+        down_stride: Stride of the downsampling (1 in a stage past the output stride).
+        down_dilation: Dilation of the downsampling conv at stride 1.
+        dilations: Dilation of each block's 3x3 convs (all 1 if None).
+        run_grid_size: The grid a stage past the output stride runs on, larger than ``grid_size``.
         **block_kwargs: Passed to every :class:`MixingBlock`.
     """
 
@@ -179,27 +197,35 @@ class SpachStage(nn.Module):
             drop_path: Sequence[float],
             shared_spatial: bool = False,
             spatial_kwargs: Mapping[str, Any] | None = None,
+            down_stride: int = 2,
+            down_dilation: int = 1,
+            dilations: Sequence[int] | None = None,
+            run_grid_size: tuple[int, int] | None = None,
             **block_kwargs: Any,
     ) -> None:
         super().__init__()
         if not downsample and in_chs != dim:
             raise VisionmixError(f'a stage without downsampling keeps its width, got {in_chs} -> {dim}')
+        dilations = dilations or [1] * sum(d for _, d, _ in runs)
         self.grad_checkpointing = False
-        self.downsample = SpachDownsample(in_chs, dim) if downsample else nn.Identity()
+        self.downsample = SpachDownsample(in_chs, dim, down_stride, down_dilation) if downsample else nn.Identity()
+        grids = dict(grid_size=grid_size, run_grid_size=run_grid_size)
         shared = None
         if shared_spatial and runs:
             names = {name for name, _, _ in runs}
             if len(names) != 1 or 'pass' in names:
                 raise VisionmixError(f'shared_spatial needs one spatial function other than pass per stage, got '
                                      f'{names}')
-            shared = create_spatial_func(runs[0][0], dim, grid_size, 0, **{**(spatial_kwargs or {}), **runs[0][2]})
+            # one module for every block: it takes block 0's rate
+            shared = create_spatial_func(runs[0][0], dim, block_idx=0, dilation=(list(dilations) or [1])[0], **grids,
+                                         **{**(spatial_kwargs or {}), **runs[0][2]})
         blocks = []
         for name, depth, options in runs:
             for _ in range(depth):
                 i = len(blocks)
                 blocks.append(MixingBlock(
-                    dim, name, grid_size, block_idx=i, spatial_kwargs={**(spatial_kwargs or {}), **options},
-                    spatial_module=shared, drop_path=drop_path[i], **block_kwargs))
+                    dim, name, block_idx=i, spatial_kwargs={**(spatial_kwargs or {}), **options},
+                    spatial_module=shared, drop_path=drop_path[i], dilation=dilations[i], **grids, **block_kwargs))
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -242,6 +268,13 @@ class Spach(nn.Module):
         zero_init_head: Zero the classifier at init, as the official code does.
         norm_layer: Normalization over channels.
         act_layer: Activation of the MLPs.
+        output_stride: 32, 16 or 8 (multi-stage models): the stages past it keep their resolution (the 2x2
+            downsampling conv at stride 1, dilated by the previous stage's rate with ``'constant'``, by 1 with
+            ``'hdc'``), their 3x3 convs (the CPE, ``'shift'``'s depthwise conv) are dilated, and ``'attn'``,
+            ``'hire'``, ``'window_mlp'`` (same window, odd blocks shifted once the map holds several) and
+            ``'shift'`` run on the larger map. ``'mlp'`` cannot: its weights are tied to the token count.
+            Single-stage models run at their patch stride throughout (output_stride at or above it is a no-op).
+        dilation: ``'constant'`` or ``'hdc'`` (see :mod:`visionmix.models.dilated_resnet`).
     """
 
     def __init__(
@@ -273,6 +306,8 @@ class Spach(nn.Module):
             zero_init_head: bool = False,
             norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-6),
             act_layer: Callable[..., nn.Module] = nn.GELU,
+            output_stride: int = 32,
+            dilation: str = 'constant',
     ) -> None:
         super().__init__()
         stages_arch = parse_net_arch(net_arch, depths)
@@ -295,17 +330,22 @@ class Spach(nn.Module):
         else:
             dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
 
+        stage_depths = [sum(d for _, d, _ in runs) for runs in stages_arch]
+        plans = plan_stages([1] + [2] * (num_stages - 1), stage_depths, output_stride, dilation,
+                            stem_reduction=patch_size)
         stages = []
         first = 0
-        for i, runs in enumerate(stages_arch):
+        for i, (runs, plan, depth) in enumerate(zip(stages_arch, plans, stage_depths)):
             if i > 0:
                 grid = tuple(g // 2 for g in grid)
-            depth = sum(d for _, d, _ in runs)
+            run_grid = tuple(g * 2 ** i * patch_size // plan.reduction for g in grid) if plan.dilated else None
+            _check_size_free(i, runs, grid, run_grid, output_stride)
             stages.append(SpachStage(
                 dims[max(i - 1, 0)], dims[i], runs, grid, downsample=i > 0, drop_path=dpr[first:first + depth],
-                shared_spatial=shared_spatial, spatial_kwargs=spatial_kwargs, channel_ratio=channel_ratio,
-                layer_scale_init=layer_scale_init if layer_scale else None, cpe=cpe, proj_drop=proj_drop_rate,
-                norm_layer=norm_layer, act_layer=act_layer,
+                shared_spatial=shared_spatial, spatial_kwargs=spatial_kwargs, down_stride=plan.stride,
+                down_dilation=plan.first_rate, dilations=plan.rates, run_grid_size=run_grid,
+                channel_ratio=channel_ratio, layer_scale_init=layer_scale_init if layer_scale else None, cpe=cpe,
+                proj_drop=proj_drop_rate, norm_layer=norm_layer, act_layer=act_layer,
             ))
             first += depth
         self.stages = nn.Sequential(*stages)
@@ -317,7 +357,7 @@ class Spach(nn.Module):
             n = len(stages[0].blocks)
             self._taps = [(0, b) for b in range(max(n - NUM_FEATURE_BLOCKS, 0), n)]
         self.feature_info = [
-            dict(num_chs=dims[s], reduction=patch_size * 2 ** s,
+            dict(num_chs=dims[s], reduction=plans[s].reduction,
                  module=f'stages.{s}' if num_stages > 1 else f'stages.0.blocks.{b}')
             for s, b in self._taps]
 
@@ -489,6 +529,17 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: Spach) -> dict[st
                 k = f'stages.{s}.blocks.{j}.{rest}'
         out[k] = v
     return out
+
+
+def _check_size_free(stage: int, runs: list[Run], grid: tuple[int, ...], run_grid: tuple[int, ...] | None,
+                     output_stride: int) -> None:
+    """Refuse a token MLP in a stage that a smaller output stride runs on a larger map (one line)."""
+    if run_grid is not None and any(name == 'mlp' for name, depth, _ in runs if depth):
+        built, run = ('x'.join(map(str, g)) for g in (grid, run_grid))
+        raise VisionmixError(
+            f"SPACH stage {stage} uses the token MLP ('mlp'), whose weights are tied to its {built} token grid: "
+            f'output_stride={output_stride} would run it on {run} tokens; use output_stride=32 or a spatial '
+            f'function whose weights do not depend on the map size (pass, attn, hire, window_mlp, shift)')
 
 
 def _create_spach(variant: str, pretrained: bool = False, **kwargs: Any) -> Spach:

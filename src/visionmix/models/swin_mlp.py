@@ -34,6 +34,7 @@ from ..errors import VisionmixError
 from ..layers.window_mlp import WindowSpatialMlp, stage_window
 from ..checkpoint import unwrapping
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
+from ..layers.stride import plan_stages
 
 __all__ = ['SwinMlp', 'SwinMlpBlock', 'SwinMlpStage', 'PatchMerging', 'checkpoint_filter_fn']
 
@@ -82,28 +83,59 @@ class SwinMlpBlock(nn.Module):
 class PatchMerging(nn.Module):
     """Halve the resolution: concat each 2x2 neighbourhood, LayerNorm(4C), Linear(4C -> out_dim, no bias).
 
-    Odd sizes are zero-padded at the bottom / right first (the official code asserts even sizes).
+    Odd sizes are zero-padded at the bottom / right first (the official code asserts even sizes). With ``stride=1``
+    (a stage past the output stride) every position merges the 2x2 neighbourhood ``dilation`` apart below / right of
+    it (zero-padded at the border), keeping the map size: with ``dilation=1`` its even positions are exactly the
+    stride-2 result.
 
     Args:
         dim: Input channels C.
         out_dim: Output channels (``2 * dim`` if None).
         norm_layer: Normalization layer.
+        stride: 2, or 1 to keep the resolution.
+        dilation: Spacing of the merged neighbours at stride 1.
     """
 
-    def __init__(self, dim: int, out_dim: int | None = None, norm_layer: Callable[..., nn.Module] = nn.LayerNorm):
+    def __init__(
+            self,
+            dim: int,
+            out_dim: int | None = None,
+            norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+            stride: int = 2,
+            dilation: int = 1,
+    ) -> None:
         super().__init__()
+        if stride not in (1, 2) or (stride == 2 and dilation != 1):
+            raise VisionmixError(f'patch merging runs at stride 2, or at stride 1 with a dilation, got stride '
+                                 f'{stride}, dilation {dilation}')
         self.dim = dim
         self.out_dim = out_dim or 2 * dim
+        self.stride = stride
+        self.dilation = dilation
         self.norm = norm_layer(4 * dim)
         self.reduction = nn.Linear(4 * dim, self.out_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            return self.reduction(self.norm(merge_neighbours(x, self.dilation)))
         B, H, W, C = x.shape
         x = pad_to_even(x)
         H, W = x.shape[1], x.shape[2]
         # (..., 2w, 2h, C) flattens to the official order [x(0::2,0::2), x(1::2,0::2), x(0::2,1::2), x(1::2,1::2)]
         x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
         return self.reduction(self.norm(x))
+
+
+@register_notrace_function  # reason: slice ends come from the input shape, a Proxy under FX
+def merge_neighbours(x: torch.Tensor, dilation: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B, H, W, 4C): each position with its neighbours ``dilation`` below, right, below-right.
+
+    Channel order as :class:`PatchMerging` (row offset fastest, then column offset); zero beyond the border.
+    """
+    H, W = x.shape[1], x.shape[2]
+    d = dilation
+    x = F.pad(x, (0, 0, 0, d, 0, d))
+    return torch.cat([x[:, :H, :W], x[:, d:d + H, :W], x[:, :H, d:d + W], x[:, d:d + H, d:d + W]], dim=-1)
 
 
 @register_notrace_function  # reason: pad sizes come from the input shape, a Proxy under FX
@@ -128,6 +160,8 @@ class SwinMlpStage(nn.Module):
         proj_drop: Channel-MLP dropout.
         drop_path: Stochastic depth rate per block (or one for all).
         norm_layer: Normalization layer.
+        down_stride: Stride of the patch merging (1 keeps the resolution).
+        down_dilation: Dilation of the patch merging at stride 1.
     """
 
     def __init__(
@@ -143,12 +177,15 @@ class SwinMlpStage(nn.Module):
             proj_drop: float = 0.,
             drop_path: float | list[float] = 0.,
             norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+            down_stride: int = 2,
+            down_dilation: int = 1,
     ) -> None:
         super().__init__()
         if not downsample and dim != out_dim:
             raise VisionmixError(f'a stage without downsampling keeps its width, got {dim} -> {out_dim}')
         self.grad_checkpointing = False
-        self.downsample = PatchMerging(dim, out_dim, norm_layer) if downsample else nn.Identity()
+        self.downsample = PatchMerging(dim, out_dim, norm_layer, down_stride, down_dilation) if downsample \
+            else nn.Identity()
         self.blocks = nn.Sequential(*[
             SwinMlpBlock(
                 out_dim, num_heads, window_size,
@@ -189,6 +226,11 @@ class SwinMlp(nn.Module):
         drop_path_rate: Stochastic depth, linear from 0 to this over all blocks. 0 by default, so that ``train()``
             is deterministic; the official ImageNet training used 0.2 (tiny) and 0.5 (base).
         norm_layer: Normalization layer (LayerNorm, eps 1e-5, as the official code).
+        output_stride: 32, 16 or 8: the stages past it keep their resolution (patch merging at stride 1, merging
+            neighbours the previous stage's rate apart with ``'constant'``, adjacent ones with ``'hdc'``); their
+            window MLPs keep the window (and weights) of output stride 32 and run on the larger map, the odd blocks
+            shifting by half a window once it holds more than one. The blocks hold no k x k conv to dilate.
+        dilation: ``'constant'`` or ``'hdc'`` (see :mod:`visionmix.models.dilated_resnet`).
     """
 
     def __init__(
@@ -207,6 +249,8 @@ class SwinMlp(nn.Module):
             proj_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+            output_stride: int = 32,
+            dilation: str = 'constant',
     ) -> None:
         super().__init__()
         if len(depths) != len(num_heads):
@@ -224,12 +268,14 @@ class SwinMlp(nn.Module):
         grid = [-(-s // p) for s, p in zip(to_2tuple(img_size), to_2tuple(patch_size))]
 
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()  # cpu: builds under meta too
+        plans = plan_stages([1] + [2] * (num_stages - 1), depths, output_stride, dilation, stem_reduction=patch_size)
         self.feature_info: list[dict[str, Any]] = []
         stages = []
         in_dim = embed_dim
-        for i in range(num_stages):
+        for i, plan in enumerate(plans):
             stage_grid = [-(-g // 2 ** i) for g in grid]
-            ws, shift = stage_window(stage_grid, window_size)
+            run_grid = [-(-g * patch_size // plan.reduction) for g in grid]
+            ws, shift = stage_window(stage_grid, window_size, run_grid)
             stages.append(SwinMlpStage(
                 in_dim, dims[i], depths[i], num_heads[i], ws, shift,
                 downsample=i > 0,
@@ -237,9 +283,11 @@ class SwinMlp(nn.Module):
                 proj_drop=proj_drop_rate,
                 drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])],
                 norm_layer=norm_layer,
+                down_stride=plan.stride,
+                down_dilation=plan.first_rate,
             ))
             in_dim = dims[i]
-            self.feature_info.append(dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f'stages.{i}'))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=plan.reduction, module=f'stages.{i}'))
         self.stages = nn.Sequential(*stages)
 
         self.norm = norm_layer(self.num_features)
@@ -296,7 +344,7 @@ class SwinMlp(nn.Module):
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs as NCHW maps (reductions 4, 8, 16, 32), and optionally the final features.
+        """Stage outputs as NCHW maps (reductions 4, 8, 16, 32 at output stride 32), and optionally the final features.
 
         Args:
             x: Images (B, C, H, W).
@@ -348,7 +396,7 @@ class SwinMlp(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> normalized last-stage map (B, H/32, W/32, num_features), channels last."""
+        """Images (B, C, H, W) -> normalized last-stage map (B, H/s, W/s, num_features), s the output stride."""
         x = self.patch_embed(x)
         x = self.stages(x)
         return self.norm(x)

@@ -75,6 +75,9 @@ class Segmentation(Task):
     def __init__(self, cfg: TrainConfig, info: Any) -> None:
         super().__init__(cfg, info)
         self.criterion = segmentation_loss(info.num_classes)
+        if info.num_classes > 1:  # several classes: the semantic-segmentation convention, mIoU over all classes
+            self.metric, self.metric_label = 'miou', 'mIoU'
+            self.val_metrics = ('miou', 'dice', 'iou', 'pixel_acc')
 
     @classmethod
     def check_config(cls, cfg: TrainConfig) -> list[str]:
@@ -120,8 +123,10 @@ class Segmentation(Task):
         result = dict(checkpoint=trained['checkpoint'], model=trained['model'], model_kwargs=trained['model_kwargs'],
                       dataset=trained['eval_dataset'], split='val', task=cls.name, img_size=trained['img_size'],
                       num_images=metrics['num_images'], dice=metrics['dice'], iou=metrics['iou'],
-                      loss=metrics['loss'], threshold=THRESHOLD if len(classes) == 1 else None, per_class=per_class,
-                      classes=classes)
+                      miou=metrics['miou'], pixel_acc=metrics['pixel_acc'], loss=metrics['loss'],
+                      threshold=THRESHOLD if len(classes) == 1 else None, per_class=per_class,
+                      iou_per_class=dict(zip(classes if len(classes) > 1 else ['background', *classes],
+                                             metrics['per_class_iou_all'])), classes=classes)
         write_json(out_dir / 'eval.json', result)
         return dict(result, files=[str(out_dir / 'eval.json')])
 
