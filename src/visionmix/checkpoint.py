@@ -242,12 +242,13 @@ def _umask() -> int:
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     """Write ``path`` all or nothing: ``write(tmp)`` fills a temp file in the same folder, which is flushed to disk
     and renamed over ``path`` (``os.replace`` is atomic). On any error, or a kill, ``path`` keeps its old content and
-    the temp file is removed (on an error) or left as a hidden ``.NAME.*.tmp`` (on a kill).
+    the temp file is removed (on an error) or left as a hidden ``.NAME.*.tmp.SUFFIX`` (on a kill).
 
     The file gets the mode a plain ``open(path, 'w')`` would give (0644 under umask 022): ``mkstemp`` creates its
     temp file 0600, which would make run folders unreadable to anyone else."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    # the temp file keeps the suffix: some writers pick the format from it (torch.export wants .pt2)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix=f'.tmp{path.suffix}', dir=path.parent)
     os.close(fd)
     try:
         write(tmp)

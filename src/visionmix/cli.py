@@ -152,6 +152,8 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
     file_format = format_for_path(args.output, args.format) if args.output else None
     for name in [*args.models, *([args.vs] if args.vs else [])]:
         model_card(name)  # unknown names fail before any model is built
+    if args.backend:
+        return _profile_backends(args, console)
     options = dict(img_size=args.img_size, batch_size=args.batch_size, threads=args.threads,
                    channels_last=args.channels_last, compile=args.compile, warmup=args.warmup, iters=args.iters)
     if args.vs:
@@ -176,6 +178,31 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _profile_backends(args: argparse.Namespace, console: Console) -> int:
+    """``profile --backend eager,compile,onnxruntime``: each backend's speed in one interleaved run, outputs checked."""
+    from .deploy import compare_backends
+    from .engine.building import build_model
+
+    backends = [b.strip() for b in args.backend.split(',') if b.strip()]
+    rows = []
+    for name in args.models:
+        model = build_model(name, None, args.img_size or model_card(name).input_size[1:], {})
+        for row in compare_backends(model, backends, args.img_size, batch_size=args.batch_size, warmup=args.warmup,
+                                    iters=args.iters, threads=args.threads):
+            rows.append(dict(model=name, **row))
+    if args.format == 'json':
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    table = Table(title=f'backends, batch {args.batch_size}, interleaved rounds, outputs vs eager', header_style='bold')
+    for column in ('model', 'backend', 'img/s', 'IQR', 'x eager', 'max rel diff', 'GFLOP/s', '% GEMM peak'):
+        table.add_column(column, justify='left' if column in ('model', 'backend') else 'right')
+    for r in rows:
+        table.add_row(r['model'], r['backend'], f'{r["img_s"]:.1f}', f'{r["img_s_iqr"]:.1f}', f'{r["speedup"]:.2f}',
+                      f'{r["max_rel_diff"]:.1e}', fmt(r.get('gflops'), '.1f'), fmt(r.get('peak_pct'), '.0f'))
+    console.print(table)
+    return 0
+
+
 def _add_profile(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser('profile', help='measure params, MACs, speed and memory of models',
                        description='Measure parameters, MACs (vs the card), inference latency and throughput, '
@@ -197,6 +224,9 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
                    help='output format (default: a table; for --output: from its suffix)')
     p.add_argument('--output', metavar='FILE', help='also write the results to FILE')
     p.add_argument('--plot', metavar='FILE.png', help='plot GMACs and params vs img/s to a PNG')
+    p.add_argument('--backend', metavar='B[,B...]',
+                   help='time these backends interleaved (eager, compile, onnxruntime), with the output check and '
+                        'the share of the GEMM peak; onnxruntime needs the deploy extra')
     p.set_defaults(func=cmd_profile)
 
 
@@ -341,9 +371,11 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        results = predict(args.checkpoint, args.images, topk=args.topk, output=args.output, strict=args.strict)
+        results = predict(args.checkpoint, args.images, topk=args.topk, output=args.output, strict=args.strict,
+                          backend=args.backend)
     for warning in caught:  # e.g. unreadable images that were skipped: one line each, on stderr
-        Console(stderr=True).print(f'warning: {warning.message}', style='yellow', highlight=False, markup=False)
+        Console(stderr=True).print(f'warning: {warning.message}', style='yellow', highlight=False, markup=False,
+                                   soft_wrap=True)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -366,6 +398,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument('images', nargs='+', metavar='IMAGE', help='image files, folders (searched recursively) or globs')
     p.add_argument('--checkpoint', required=True, help='run directory or .safetensors file')
     p.add_argument('--strict', action='store_true', help='stop at the first unreadable image (default: skip it)')
+    p.add_argument('--backend', choices=('eager', 'onnxruntime'), default='eager',
+                   help='run the model eagerly or through ONNX Runtime (exported and checked first; deploy extra)')
     p.add_argument('--topk', type=int, default=5)
     p.add_argument('--output', default='predictions',
                    help='directory for the mask PNGs of a segmentation checkpoint (default predictions)')
@@ -405,6 +439,118 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+# ------------------------------------------------------------------------------------------------------- export
+
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from .deploy import export_model
+    from .engine.evaluate import model_for_export
+
+    check_output_path(args.output)
+    model, img_size = model_for_export(args.model, args.checkpoint, args.img_size)
+    batch = 'dynamic' if args.batch == 'dynamic' else _positive_int(args.batch, '--batch')
+    result = export_model(model, args.output, args.format or Path(args.output).suffix.lstrip('.'),
+                          img_size=img_size, batch=batch)
+    console.print(f'wrote {result.path} ({result.format}, {result.exporter}): input {result.input_shapes[0]}, '
+                  f'max relative difference to eager {max(result.max_rel_diff):.1e} on '
+                  f'{len(result.check_shapes)} inputs', highlight=False, markup=False)
+    for note in result.notes:
+        console.print(f'note: {note}', style='yellow', highlight=False, markup=False)
+    return 0
+
+
+def _positive_int(text: str, what: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise VisionmixError(f'{what} must be "dynamic" or a positive integer, got {text!r}')
+    return int(text)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser('export', help='export a model to ONNX or a torch.export program, checked against eager',
+                       description='Export a model (a name, or a visionmix train checkpoint) to ONNX (dynamic batch, '
+                                   'dynamic H / W where the model allows) or a torch.export program (.pt2). The '
+                                   'export runs two inputs through eager and the file; a file whose outputs differ '
+                                   'by more than 1e-4 (relative) is not written.')
+    p.add_argument('model', nargs='?', help='model name or spec (optional with a --checkpoint from visionmix train)')
+    p.add_argument('--checkpoint', metavar='RUN_DIR|FILE',
+                   help='weights: a run directory or .safetensors from visionmix train, or a checkpoint for MODEL')
+    p.add_argument('--format', choices=('onnx', 'pt2'), help='default: from the output suffix')
+    p.add_argument('--img-size', type=size_arg, metavar='N|HxW', help="export size (default: the card's or the "
+                                                                      "training size)")
+    p.add_argument('--batch', default='dynamic', metavar='dynamic|N', help='dynamic batch (default) or a fixed one')
+    p.add_argument('--output', required=True, metavar='FILE', help='FILE.onnx or FILE.pt2')
+    p.set_defaults(func=cmd_export)
+
+
+# ----------------------------------------------------------------------------------------------------------- rf
+
+def cmd_rf(args: argparse.Namespace, console: Console) -> int:
+    from .analysis import coverage_report, erf_report, plot_coverage, plot_erfs, to_json
+
+    if args.plot:
+        check_output_path(args.plot)
+    if args.rates is not None:
+        if args.models or args.erf:
+            raise VisionmixError('rf takes either --rates (a dilation stack) or MODEL ... --erf, not both')
+        report = coverage_report(_rates(args.rates), args.kernel)
+        if args.plot:
+            import numpy as np
+
+            plot_coverage(np.array(report['coverage']), args.plot, title=f'rates {report["rates"]}, '
+                                                                           f'{report["kernel_size"]}x{report["kernel_size"]}')
+        if args.format == 'json':
+            print(to_json(report))
+            return 0
+        console.print(f'rates {report["rates"]}, kernel {report["kernel_size"]}: M = {report["m"]} (M_1 .. M_n), '
+                      f'common factor {report["common_factor"]}, receptive field {report["receptive_field"]} px, '
+                      f'{report["holes"]} hole(s)', highlight=False)
+        console.print(report['reason'], highlight=False, soft_wrap=True)
+    else:
+        if not args.models or not args.erf:
+            raise VisionmixError('rf needs --rates R1,R2,... or MODEL ... --erf')
+        reports = erf_report(args.models, img_size=args.img_size, samples=args.samples, checkpoint=args.checkpoint)
+        if args.plot:
+            plot_erfs(reports, args.plot)
+        if args.format == 'json':
+            print(to_json(reports))
+            return 0
+        table = Table(title=f'effective receptive fields at {args.img_size}, {args.samples} samples',
+                      header_style='bold')
+        for column in ('model', 'last map', 'r50 px', 'r90 px', 'share of image'):
+            table.add_column(column, justify='left' if column == 'model' else 'right')
+        for r in reports:
+            table.add_row(r['name'], 'x'.join(map(str, r['feature_shape'][-2:])), f'{r["r50"]:.1f}',
+                          f'{r["r90"]:.1f}', f'{100 * r["nonzero_share"]:.0f}%')
+        console.print(table)
+    if args.plot:
+        console.print(f'wrote {args.plot}', highlight=False)
+    return 0
+
+
+def _rates(text: str) -> list[int]:
+    try:
+        return [int(r) for r in text.split(',') if r.strip()]
+    except ValueError:
+        raise VisionmixError(f'--rates takes integers separated by commas (e.g. 1,2,5), got {text!r}') from None
+
+
+def _add_rf(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser('rf', help='receptive fields: HDC coverage of dilation rates, or models\' empirical fields',
+                       description='With --rates: how often each input pixel is used by the centre output pixel of a '
+                                   'stack of dilated convolutions, the HDC rule (M_i) and its verdict. With MODEL ... '
+                                   '--erf: the empirical effective receptive field (Luo et al. 2016) of each model\'s '
+                                   'last feature map, at random init or from a checkpoint.')
+    p.add_argument('models', nargs='*', metavar='MODEL', help='model names or specs (with --erf)')
+    p.add_argument('--rates', metavar='R1,R2,...', help='dilation rates, bottom layer first')
+    p.add_argument('--kernel', type=int, default=3, help='kernel size of the dilated convolutions (default 3)')
+    p.add_argument('--erf', action='store_true', help='measure the empirical effective receptive field of MODEL(s)')
+    p.add_argument('--img-size', type=size_arg, default=224, metavar='N|HxW', help='input size (default 224)')
+    p.add_argument('--samples', type=int, default=16, help='random inputs averaged (default 16)')
+    p.add_argument('--checkpoint', help='weights to load (one model)')
+    p.add_argument('--plot', metavar='FILE.png', help='draw the coverage map or the ERF heat maps')
+    p.add_argument('--format', choices=('table', 'json'), default='table')
+    p.set_defaults(func=cmd_rf)
+
+
 # ---------------------------------------------------------------------------------------------------------- main
 
 class _Parser(argparse.ArgumentParser):
@@ -415,7 +561,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_models, _add_card, _add_profile, _add_train, _add_eval, _add_predict, _add_compare)
+    _add_models, _add_card, _add_profile, _add_train, _add_eval, _add_predict, _add_compare, _add_export, _add_rf)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -436,6 +582,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=200)
     try:
         return args.func(args, console)
+    except BrokenPipeError:  # output piped into a reader that stopped early (| head): nothing is wrong
+        sys.stderr.close()
+        return 0
     except VisionmixError as e:  # only errors meant for the user: anything else is a bug and shows its traceback
         message = ' '.join(line.strip() for line in str(e).splitlines() if line.strip())
         console.print(f'error: {message}', style='red', markup=False, highlight=False, soft_wrap=True)

@@ -21,6 +21,7 @@ from ..data import IMG_EXTENSIONS, DataError, build_datasets
 from ..errors import CheckpointError, VisionmixError
 from ..sizes import hw, parse_size
 from .building import TrainError, build_model, resolve_weights
+from ..registry import model_card
 from .tasks import get_task, model_task, resolve_task
 
 __all__ = ['EvalError', 'load_trained', 'run_eval', 'predict', 'expand_images', 'read_metadata']
@@ -129,18 +130,63 @@ def _read_images(paths: list[Path], strict: bool) -> tuple[list[tuple[Path, Imag
     return images, skipped
 
 
+class _BackendModel:
+    """A model run through another backend, still answering what predictions read of it (its pretrained_cfg)."""
+
+    def __init__(self, model: nn.Module, runner: Any) -> None:
+        self.pretrained_cfg, self.runner = model.pretrained_cfg, runner
+
+    def __call__(self, x: Any) -> Any:
+        return self.runner(x)
+
+
+def _on_backend(model: nn.Module, backend: str, img_size: Any) -> _BackendModel:
+    from ..deploy import backend_runner
+
+    return _BackendModel(model, backend_runner(model, backend, img_size))
+
+
+def model_for_export(name: str | None, checkpoint: str | Path | None, img_size: Any = None) -> tuple[nn.Module, Any]:
+    """The model ``visionmix export`` writes and its export size: a trained checkpoint (rebuilt by its metadata, at
+    its training size), or ``name`` with optional weights in our or the official layout (at the card's size)."""
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        trained_file = path.is_dir() or (path.suffix == '.safetensors' and _is_trained(path))
+        if trained_file:
+            model, trained = load_trained(path)
+            if name and name != trained['model']:
+                raise EvalError(f'{checkpoint} holds a {trained["model"]}, not a {name}; drop MODEL or name that one')
+            return model, img_size or trained['img_size']
+    if not name:
+        raise EvalError('export needs MODEL, or --checkpoint with a run directory or weights from visionmix train')
+    model = build_model(name, None, img_size or model_card(name).input_size[1:],
+                        {} if checkpoint is None else {'checkpoint_path': str(checkpoint)})
+    return model.eval(), img_size or tuple(model_card(name).input_size[1:])
+
+
+def _is_trained(path: Path) -> bool:
+    try:
+        read_metadata(path)
+    except EvalError:
+        return False
+    return True
+
+
 def predict(checkpoint: str | Path, images: Sequence[str | Path], topk: int = 5, output: str | Path = 'predictions',
-            strict: bool = False) -> list[dict[str, Any]]:
+            strict: bool = False, backend: str = 'eager') -> list[dict[str, Any]]:
     """The checkpoint task's predictions for image files, folders or glob patterns.
 
     Classifiers give the top-k classes with probabilities; segmentation models write ``<stem>_mask.png`` per image
     to ``output``. Unreadable images are skipped with a warning (``strict``: the first one is an error), and what
-    could be predicted is returned.
+    could be predicted is returned. ``backend='onnxruntime'`` runs the model through ONNX Runtime (exported at the
+    training size and checked against eager first).
     """
     if topk < 1:
         raise EvalError(f'--topk must be >= 1, got {topk}')
     paths = expand_images(images)
     model, trained = load_trained(checkpoint)
+    if backend != 'eager':
+        model = _on_backend(model, backend, trained['img_size'])
     readable, skipped = _read_images(paths, strict)
     if skipped:
         warnings.warn(f'skipped {len(skipped)} unreadable image(s) of {len(paths)}: {skipped[0]}'

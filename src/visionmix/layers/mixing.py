@@ -139,7 +139,7 @@ def tokens_to_last_dim(x: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """(B, H, W, C) -> (B, C, H*W), refusing a grid the token MLP was not built for."""
     B, H, W, C = x.shape
     if H * W != num_tokens:
-        raise ValueError(
+        raise VisionmixError(
             f'the token-mixing MLP was built for {num_tokens} tokens, got a {H}x{W} map ({H * W} tokens); build the '
             f'model with img_size matching the input')
     return x.reshape(B, H * W, C).transpose(1, 2)
@@ -211,7 +211,7 @@ def _mlp(
         drop: float = 0.,
 ) -> TokenMlp:
     if grid_size is None:
-        raise ValueError("the 'mlp' spatial function mixes a fixed token grid: pass grid_size")
+        raise VisionmixError("the 'mlp' spatial function mixes a fixed token grid: pass grid_size")
     num_tokens = grid_size[0] * grid_size[1]
     # SPACH sizes the hidden layer relative to the tokens; MLP-Mixer gives it as a width (token_hidden)
     hidden = token_hidden if token_hidden is not None else int(num_tokens * token_ratio)

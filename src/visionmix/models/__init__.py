@@ -7,3 +7,4 @@ from . import spach  # noqa: F401
 from . import mobile_former  # noqa: F401
 from . import unext  # noqa: F401
 from . import presets  # noqa: F401  (named small models of the default study; after the families)
+from . import decoders  # noqa: F401  (unet: / fpn: / deeplabv3plus: / upernet: composites)
