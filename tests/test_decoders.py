@@ -93,3 +93,19 @@ def test_segmentation_model_trains_evaluates_and_predicts_through_the_cli(tmp_pa
     result = json.loads(capsys.readouterr().out)
     assert {'miou', 'pixel_acc', 'iou_per_class', 'dice'} <= set(result)
     assert list(result['iou_per_class']) == ['background', 'brick', 'grass', 'gravel']
+
+
+def test_compare_task_segmentation_ranks_by_miou_and_draws_the_fields(tmp_path, capsys):
+    out = tmp_path / 'cmp'
+    assert main(['compare', '--task', 'segmentation', '--models', "fpn:spach_ms:{backbone_kwargs: {net_arch: "
+                 "[[pass, 1], [pass, 1], [pass, 1], [pass, 1]], embed_dim: 8}}", 'unext_s', '--dataset',
+                 'textures-seg:16', '--img-size', '32', '--epochs', '1', '--no-profile', '--set', 'batch_size=8',
+                 '--set', 'threads=1', '--output', str(out)]) == 0
+    results = json.loads((out / 'results.json').read_text())
+    assert results['task'] == 'segmentation' and all(r['metric'] == 'miou' for r in results['models'])
+    report = (out / 'report.md').read_text()
+    assert 'mIoU %' in report and '## Effective receptive fields' in report and 'erf.png' in report
+    assert (out / 'erf.png').stat().st_size > 0 and (out / 'miou_vs_macs.png').is_file()
+    capsys.readouterr()
+    assert main(['compare', '--task', 'segmentation', '--models', 'resnet18', '--output', str(tmp_path / 'x')]) == 2
+    assert 'are classification models' in capsys.readouterr().out

@@ -414,9 +414,15 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from .engine.config import parse_overrides
 
     entries = [parse_model_arg(m) for m in args.models] if args.models else None
-    compare(entries, dataset=args.dataset, epochs=args.epochs, seeds=args.seeds, img_size=args.img_size,
-            config=args.config, overrides=parse_overrides(args.set), output=args.output,
-            profile=not args.no_profile, console=console, command=command_line())
+    results = compare(entries, dataset=args.dataset, epochs=args.epochs, seeds=args.seeds, img_size=args.img_size,
+                      config=args.config, overrides=parse_overrides(args.set), output=args.output,
+                      profile=not args.no_profile, console=console, command=command_line(), task=args.task)
+    if results['task'] == 'segmentation' and not args.no_erf:
+        from .analysis.study_erf import add_erf_section
+
+        for note in add_erf_section(results, Path(args.output)):
+            console.print(f'note: {note}', style='yellow', highlight=False)
+        console.print(f'receptive fields: {Path(args.output) / "erf.png"}', highlight=False)
     return 0
 
 
@@ -432,10 +438,13 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--epochs', type=int)
     p.add_argument('--seeds', type=int, nargs='+', help='seeds (default: 0)')
     p.add_argument('--img-size', type=size_arg, metavar='N|HxW')
-    p.add_argument('--config', metavar='FILE.yaml', help='recipe file replacing the default recipe keys it sets')
+    p.add_argument('--config', metavar='FILE.yaml', help='recipe file replacing the study recipe keys it sets')
     p.add_argument('--set', action='append', metavar='KEY=VALUE', help='override a recipe key')
     p.add_argument('--output', default='runs/compare', help='report directory (default runs/compare)')
     p.add_argument('--no-profile', action='store_true', help='skip profiling (no params/MACs/img/s columns)')
+    p.add_argument('--task', choices=('classification', 'segmentation', 'instance'),
+                   help='the default study of this task (default: classification; or the task of --models)')
+    p.add_argument('--no-erf', action='store_true', help='segmentation: skip the receptive-field maps')
     p.set_defaults(func=cmd_compare)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .base import IMG_EXTENSIONS, DataError, DatasetInfo, ImageListDataset, check_images
+from .clutter import DIGIT_CLASSES, cluttered_digits_splits
 from .segmentation import build_segfolder, build_synthetic_seg, build_textures_seg
 from .synthetic import build_synthetic
 
@@ -287,6 +288,17 @@ def _cifar(kind: str, path: str) -> tuple[ImageListDataset, ImageListDataset, Da
     return splits[0], splits[1], info
 
 
+def _cluttered_digits(num_train: int | None, img_size: int, skip_corrupt: bool) -> Splits:
+    x_train, y_train, x_val, y_val = cluttered_digits_splits(num_train=num_train, size=img_size)
+    classes = list(DIGIT_CLASSES)
+    train, val = ImageListDataset(x_train, y_train, classes), ImageListDataset(x_val, y_val, classes)
+    info = DatasetInfo(f'cluttered-digits:{len(train)}', classes, len(train), len(val),
+                       description=f'scikit-learn digits at random positions and scales on a {img_size}px canvas '
+                                   f'over CC0 texture clutter with distractor fragments; train and val drawn from '
+                                   f'disjoint source digits')
+    return train, val, info
+
+
 def _digits(arg: None, img_size: int, skip_corrupt: bool) -> Splits:
     x_train, y_train, x_val, y_val = load_digits_arrays(img_size)
     classes = [str(i) for i in range(10)]
@@ -299,6 +311,9 @@ def _digits(arg: None, img_size: int, skip_corrupt: bool) -> Splits:
 
 for _kind in (
     DatasetKind('digits', 'classification', '', _digits, "scikit-learn's 1,797 8x8 digits, upscaled",
+                'small-images'),
+    DatasetKind('cluttered-digits', 'classification', 'N', _cluttered_digits,
+                'digits at random places and scales over texture clutter (64 px): does not saturate small models',
                 'small-images'),
     DatasetKind('synthetic', 'classification', 'N',
                 lambda n, size, skip: build_synthetic(img_size=size, num_train=n), 'generated shapes x arrangement',

@@ -29,6 +29,7 @@ from ..models.presets import PRESETS
 from ..errors import VisionmixError
 from ..registry import model_card
 from ..reporting import fmt, pyplot, round_floats
+from ..sizes import check_size, size_str
 from .building import build_model
 from .config import ConfigError, TrainConfig, load_config, read_yaml
 from .tasks import model_task
@@ -59,6 +60,32 @@ DEFAULT_RECIPE: dict[str, Any] = dict(
     dataset='digits', img_size=32, epochs=5, batch_size=64, lr=3e-3, weight_decay=0.05, warmup_epochs=1,
     min_lr=1e-5, smoothing=0.1, mixup=0.0, cutmix=0.0, auto_augment=None, reprob=0.0, scale=[0.6, 1.0],
     ratio=[0.9, 1.1], hflip=0.0, drop_path=0.0, model_ema=False, clip_grad=None, seed=0)
+
+
+def _seg_spach(*spatial: str) -> dict[str, Any]:
+    """A 4-stage SPACH-MS backbone at a small width (the decoders read one map per stride 4..32)."""
+    return dict(backbone_kwargs=dict(net_arch=[[s, 1] for s in spatial], embed_dim=16, num_heads=2))
+
+
+# Semantic segmentation: one decoder (FPN) over backbones of each kind, plus UNeXt, on the embedded textures.
+SEGMENTATION_STUDY: list[StudyEntry] = [
+    StudyEntry('FPN-SPACH-Conv', 'fpn:spach_ms', _seg_spach('pass', 'pass', 'pass', 'pass'), 'conv'),
+    StudyEntry('FPN-SPACH-Attn', 'fpn:spach_ms', _seg_spach('pass', 'attn', 'attn', 'attn'), 'attention'),
+    StudyEntry('FPN-SPACH-Hybrid', 'fpn:spach_ms', _seg_spach('pass', 'pass', 'attn', 'attn'), 'conv + attention'),
+    StudyEntry('FPN-Mobile-Former-26M', 'fpn:mobile_former_26m', {}, 'Mobile-Former bridge'),
+    StudyEntry('FPN-ResNet-18', 'fpn:resnet18', {}, 'conv (classic CNN)'),
+    StudyEntry('UNeXt-S', 'unext_s', {}, 'axial shift (UNeXt)'),
+]
+SEGMENTATION_RECIPE: dict[str, Any] = dict(
+    dataset='textures-seg', img_size=64, epochs=6, batch_size=16, opt='adamw', lr=2e-3, weight_decay=0.01,
+    warmup_epochs=1, min_lr=1e-5, smoothing=0.0, mixup=0.0, cutmix=0.0, auto_augment=None, reprob=0.0,
+    scale=[0.5, 1.0], ratio=[0.75, 1.333], hflip=0.5, drop_path=0.0, model_ema=False, clip_grad=None, seed=0)
+
+# task -> (default study, its recipe); the recipe is also the base of a comparison of other models of that task
+STUDIES: dict[str, tuple[list[StudyEntry], dict[str, Any]]] = {
+    'classification': (DEFAULT_STUDY, DEFAULT_RECIPE),
+    'segmentation': (SEGMENTATION_STUDY, SEGMENTATION_RECIPE),
+}
 
 
 def parse_model_arg(text: str) -> StudyEntry:
@@ -120,8 +147,12 @@ def compare(
         profile: bool = True,
         console: Console | None = None,
         command: str | None = None,
+        task: str | None = None,
 ) -> dict[str, Any]:
     """Train every model with the same recipe and seeds, profile it, and write the report to ``output``.
+
+    Without ``models``, the default study of ``task`` (:data:`STUDIES`; classification by default) runs; the task's
+    recipe is the base either way.
 
     Finished runs (``summary.json`` present) are skipped and interrupted runs resume, so re-running the same command
     after an interruption continues where it stopped.
@@ -131,12 +162,12 @@ def compare(
     """
     console = console or Console()
     started = time.perf_counter()
-    entries, notes = _study_entries(models, console)
-    recipe, seeds = _shared_recipe(dataset, epochs, img_size, config, overrides, seeds)
+    entries, notes, task = _study_entries(models, task)
+    recipe, seeds = _shared_recipe(STUDIES[task][1], dataset, epochs, img_size, config, overrides, seeds)
     out = Path(output)
     record = _claim_output(out, recipe, seeds, entries)
     console.print(f'compare: {len(entries)} models x {len(seeds)} seed(s) on {recipe.dataset} at '
-                  f'{recipe.img_size}px, {recipe.epochs} epochs each -> {out}', highlight=False)
+                  f'{size_str(recipe.img_size)}, {recipe.epochs} epochs each -> {out}', highlight=False)
     rows = []
     for i, entry in enumerate(entries):
         tag = f'[{i + 1}/{len(entries)}] {entry.label}'
@@ -145,7 +176,8 @@ def compare(
         prof = _profile(entry, recipe, out / _safe(entry.label), seeds[0]) if profile else {}
         rows.append(_row(entry, runs, prof))
         console.print(f'{tag}: {_score_text(rows[-1])}, {rows[-1]["train_seconds"]:.0f}s training', highlight=False)
-    results = dict(command=command or 'visionmix compare', dataset=recipe.dataset, img_size=recipe.img_size,
+    results = dict(command=command or 'visionmix compare', task=task, dataset=recipe.dataset,
+                   img_size=recipe.to_dict()['img_size'],
                    epochs=recipe.epochs, seeds=seeds, recipe=record['recipe'],
                    elapsed_seconds=time.perf_counter() - started, notes=notes, models=rows)
     write_report(results, out)
@@ -154,22 +186,30 @@ def compare(
     return results
 
 
-def _study_entries(models: list[StudyEntry] | None, console: Console) -> tuple[list[StudyEntry], list[str]]:
-    """The models to compare (the default study without ``models``) and notes on the comparison."""
-    entries, notes = list(models or DEFAULT_STUDY), []
+def _study_entries(models: list[StudyEntry] | None, task: str | None) -> tuple[list[StudyEntry], list[str], str]:
+    """The models to compare (the task's default study without ``models``), notes, and the task."""
+    if task is not None and task not in STUDIES:
+        raise CompareError(f'compare has no study for task {task!r}; choose from {", ".join(STUDIES)}')
+    entries, notes = list(models or STUDIES[task or 'classification'][0]), []
     labels = [e.label for e in entries]
     if len(set(labels)) != len(labels):
         raise CompareError(f'duplicate model labels {sorted({x for x in labels if labels.count(x) > 1})}')
     tasks = {model_task(e.model) for e in entries}
     if len(tasks) > 1:
         raise CompareError(f'compare ranks models of one task; these mix {", ".join(sorted(tasks))}')
-    return entries, notes
+    found = tasks.pop()
+    if task is not None and found != task:
+        raise CompareError(f'--task {task} but the models are {found} models')
+    if found not in STUDIES:
+        raise CompareError(f'compare has no recipe for {found} models; it compares {", ".join(STUDIES)}')
+    return entries, notes, found
 
 
-def _shared_recipe(dataset: str | None, epochs: int | None, img_size: int | None, config: str | Path | None,
-                   overrides: dict[str, Any] | None, seeds: list[int] | None) -> tuple[TrainConfig, list[int]]:
+def _shared_recipe(task_recipe: dict[str, Any], dataset: str | None, epochs: int | None, img_size: Any,
+                   config: str | Path | None, overrides: dict[str, Any] | None,
+                   seeds: list[int] | None) -> tuple[TrainConfig, list[int]]:
     """The one recipe every model gets (validated once, before any run) and the seeds."""
-    base = dict(DEFAULT_RECIPE)
+    base = dict(task_recipe)
     if config is not None:
         base.update(read_yaml(config))
     base.update(overrides or {})
@@ -374,7 +414,8 @@ def write_report(results: dict[str, Any], out: Path) -> list[Path]:
                 writer.writerow(round_floats(dict(r, kwargs=json.dumps(r['kwargs']))))
 
     atomic_write(out / 'results.csv', write_csv)
-    setting = f'{results["dataset"]}, {results["img_size"]}px, {results["epochs"]} epochs, seeds {results["seeds"]}'
+    setting = (f'{results["dataset"]}, {size_str(check_size(results["img_size"]))}, {results["epochs"]} epochs, '
+               f'seeds {results["seeds"]}')
     _save(scatter_figure(rows, 'gmacs', 'MMACs per image (log)', False, scale=1e3, title=setting),
           out / f'{metric}_vs_macs.png')
     _save(scatter_figure(rows, 'infer_img_s', 'inference img/s (log)', True, title=setting),
@@ -391,7 +432,7 @@ def _report_lines(results: dict[str, Any], rows: list[dict[str, Any]], metric: s
     lines = [
         '# visionmix compare', '',
         f'{len(rows)} models, each trained with the identical recipe on `{results["dataset"]}` at '
-        f'{results["img_size"]}x{results["img_size"]} for {results["epochs"]} epochs, seeds '
+        f'{size_str(check_size(results["img_size"]))} for {results["epochs"]} epochs, seeds '
         f'{", ".join(map(str, seeds))}; profiled at the training input size. {label} is the final-epoch validation '
         f'value ({spread}).', '',
         f'| model | spatial | params | MMACs | infer img/s | train img/s | n | {label} % | train s |',
