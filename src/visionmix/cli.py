@@ -448,6 +448,39 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+# ----------------------------------------------------------------------------------------------------- datasets
+
+def cmd_datasets(args: argparse.Namespace, console: Console) -> int:
+    from .data import DATASET_KINDS
+    from .data.datasets import export_images
+
+    if args.export:
+        if not args.spec:
+            raise VisionmixError('--export needs a dataset spec, e.g. visionmix datasets digits --export samples/')
+        paths = export_images(args.spec, args.export, count=args.count, split=args.split, img_size=args.img_size)
+        console.print(f'wrote {len(paths)} image(s) to {args.export}', highlight=False)
+        return 0
+    table = Table(title='datasets (--dataset SPEC); embedded ones need no files', header_style='bold')
+    for column in ('spec', 'task', 'recipe', 'what'):
+        table.add_column(column, overflow='fold')
+    for kind in DATASET_KINDS.values():
+        table.add_row(kind.usage, kind.task, kind.recipe, kind.help)
+    console.print(table)
+    return 0
+
+
+def _add_datasets(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser('datasets', help='list the dataset specs, or write sample images of one',
+                       description='List every dataset spec (embedded sets and local layouts) with its task and '
+                                   'training recipe; with --export, write the first images of a split as PNGs.')
+    p.add_argument('spec', nargs='?', help='dataset spec to export from')
+    p.add_argument('--export', metavar='DIR', help='write sample images here')
+    p.add_argument('--count', type=int, default=8, help='how many images (default 8)')
+    p.add_argument('--split', default='val', help="'train' or 'val' (default val)")
+    p.add_argument('--img-size', type=int, default=64, help='side of embedded images (default 64)')
+    p.set_defaults(func=cmd_datasets)
+
+
 # ------------------------------------------------------------------------------------------------------- export
 
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
@@ -570,7 +603,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_models, _add_card, _add_profile, _add_train, _add_eval, _add_predict, _add_compare, _add_export, _add_rf)
+    _add_models, _add_card, _add_datasets, _add_profile, _add_train, _add_eval, _add_predict, _add_compare,
+    _add_export, _add_rf)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ from .segmentation import build_segfolder, build_synthetic_seg, build_textures_s
 from .synthetic import build_synthetic
 
 __all__ = ['DATASET_KINDS', 'DatasetKind', 'build_datasets', 'dataset_task', 'parse_spec', 'dataset_specs',
-           'register_dataset', 'load_digits_arrays']
+           'register_dataset', 'load_digits_arrays', 'export_images', 'sample_image']
 
 DIGITS_VAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
@@ -352,3 +352,31 @@ def build_datasets(spec: str, img_size: int = 32, skip_corrupt: bool = False, li
         train = train.subset(np.random.default_rng(0).permutation(len(train))[:limit])
         info.num_train = len(train)
     return train, val, info
+
+
+def sample_image(dataset: Any, index: int) -> Image.Image:
+    """Item ``index`` of any split :func:`build_datasets` gives, as a PIL RGB image (without its label / mask)."""
+    if hasattr(dataset, 'sample'):  # instance datasets: a dict with the image array
+        return Image.fromarray(np.asarray(dataset.sample(index)['image'], dtype=np.uint8)).convert('RGB')
+    item = dataset.load(index)
+    return item[0] if isinstance(item, tuple) else item
+
+
+def export_images(spec: str, output: str | Path, count: int = 8, split: str = 'val', img_size: int = 64,
+                  ) -> list[Path]:
+    """Write the first ``count`` images of a dataset split as PNGs (e.g. to try ``visionmix predict`` on them)."""
+    if split not in ('train', 'val'):
+        raise DataError(f"split must be 'train' or 'val', got {split!r}")
+    if not isinstance(count, int) or count < 1:
+        raise DataError(f'count must be a positive integer, got {count!r}')
+    train, val, _ = build_datasets(spec, img_size=img_size)
+    dataset = train if split == 'train' else val
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = spec.split(':')[0]
+    paths = []
+    for i in range(min(count, len(dataset))):
+        path = out / f'{stem}_{split}{i}.png'
+        sample_image(dataset, i).save(path)
+        paths.append(path)
+    return paths
