@@ -311,3 +311,20 @@ def test_device_for_rank_gives_each_rank_its_gpu(monkeypatch):
     assert device_for_rank(cuda=True) == torch.device('cuda', 2)
     monkeypatch.delenv('LOCAL_RANK')
     assert device_for_rank(cuda=True).index == 0
+
+
+def test_precise_bn_recomputes_the_statistics_the_eval_sees(tmp_path):
+    """With precise_bn, every BatchNorm's running statistics come from one cumulative pass over the first N training
+    images after the epoch (torch's update_bn), not from the lagging running average of the training steps."""
+    from safetensors.torch import load_file
+
+    common = dict(model='resnet18', dataset='synthetic:64', img_size=32, epochs=1, batch_size=8, threads=1,
+                  model_kwargs={'num_classes': 6})
+    train(load_config(overrides=dict(common, precise_bn=24, output=str(tmp_path / 'precise'))), progress=False)
+    train(load_config(overrides=dict(common, precise_bn=0, output=str(tmp_path / 'plain'))), progress=False)
+    precise = load_file(str(tmp_path / 'precise' / 'last.safetensors'))
+    plain = load_file(str(tmp_path / 'plain' / 'last.safetensors'))
+    counters = [k for k in precise if k.endswith('num_batches_tracked')]
+    assert counters and all(precise[k].item() == 3 for k in counters)  # 24 images / batch 8
+    assert all(plain[k].item() == 8 for k in counters)  # 64 images / batch 8: the training steps
+    assert load_config(overrides=dict(dataset='digits')).precise_bn > 0  # on in the small-image recipe

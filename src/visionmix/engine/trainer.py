@@ -353,6 +353,7 @@ class Trainer:
 
     def validate(self) -> dict[str, Any]:
         """The task's validation metrics of the evaluated model (the EMA when there is one), and of the raw model."""
+        self.recompute_bn_statistics()
         metrics = self.task.evaluate(self.eval_model, self.val_loader, device=self.device,
                                      channels_last=self.cfg.channels_last)
         if self.ema is not None:
@@ -360,6 +361,18 @@ class Trainer:
                                      channels_last=self.cfg.channels_last)
             metrics[f'{self.task.metric}_raw'] = raw[self.task.metric]
         return metrics
+
+    def recompute_bn_statistics(self) -> None:
+        """``precise_bn``: BatchNorm running statistics recomputed exactly (torch's ``update_bn``, a cumulative
+        average) over the same first training images on every rank, so eval sees the weights it evaluates."""
+        count = min(self.cfg.precise_bn, len(self.train_ds))
+        if not count or not self.task.tensor_inputs:
+            return
+        subset = torch.utils.data.Subset(self.train_ds, range(count))
+        loader = DataLoader(subset, batch_size=self.per_rank_batch, num_workers=self.cfg.workers,
+                            collate_fn=self.task.collate_fn)
+        with torch.random.fork_rng(devices=[]):  # the augmentations draw numbers: leave the run's streams alone
+            torch.optim.swa_utils.update_bn(loader, self.eval_model, device=self.device)
 
     def record(self, epoch: int, totals: EpochTotals, metrics: dict[str, Any], writer: Any) -> dict[str, Any]:
         """Add the epoch's row to the history, print it and log it."""

@@ -97,6 +97,8 @@ class Task:
         raise NotImplementedError
 
     collate_fn: Callable | None = None
+    # whether a batch's inputs are one tensor the model takes (torch's update_bn recomputes BN statistics with it)
+    tensor_inputs: ClassVar[bool] = True
 
     def drop_last(self, num_train: int, per_rank_batch: int) -> bool:
         """Whether the training loader drops a last incomplete batch."""
