@@ -330,6 +330,12 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k != 'confusion'}, indent=2))
         return 0
+    if res.get('task') not in ('classification', 'segmentation'):  # a task whose report is its scalar metrics
+        scalars = {k: v for k, v in res.items() if isinstance(v, float)}
+        console.print(f'{res["model"]} on {res["dataset"]}: ' + '  '.join(f'{k} {v:.2f}' for k, v in scalars.items()),
+                      highlight=False, soft_wrap=True)
+        console.print(f'wrote {", ".join(res["files"])}', highlight=False)
+        return 0
     table = Table(title=f'{res["model"]} on {res["dataset"]} ({res["num_images"]} images)', header_style='bold')
     table.add_column('class')
     if res.get('task') == 'segmentation':
@@ -481,6 +487,43 @@ def _add_datasets(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_datasets)
 
 
+# -------------------------------------------------------------------------------------------------------- study
+
+def cmd_study(args: argparse.Namespace, console: Console) -> int:
+    from .engine.compare import command_line
+    from .engine.config import parse_overrides
+    from .study import STUDIES
+
+    try:
+        STUDIES[args.name](quick=args.quick, seeds=args.seeds, output=args.output, dataset=args.dataset,
+                           epochs=args.epochs, img_size=args.img_size, overrides=parse_overrides(args.set),
+                           jobs=args.jobs, console=console, command=command_line())
+    except KeyboardInterrupt:
+        console.print('interrupted: finished runs and finished epochs are kept; run the same command again to '
+                      'resume', style='yellow', highlight=False, soft_wrap=True)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser('study', help="test a paper's conclusions: cost-matched pairs, seeds, intervals, verdicts",
+                       description="spach: SPACH's five conclusions (multi-stage, local modelling, MLP overfitting, "
+                                   'conv vs attention, hybrid) as cost-matched pairs of the SPACH skeleton, trained '
+                                   'with one recipe and several seeds on data that separates them; each conclusion '
+                                   'gets the paired difference, a 95% interval and a verdict (held / not held / '
+                                   'inconclusive) in report.md and results.json. Re-run to resume.')
+    p.add_argument('name', choices=('spach',), help='the study')
+    p.add_argument('--quick', action='store_true', help='the smaller budget (fewer images and epochs)')
+    p.add_argument('--seeds', type=int, metavar='N', help='seeds per configuration (default 3)')
+    p.add_argument('--output', help='study folder (default runs/study-spach, runs/study-spach-quick with --quick)')
+    p.add_argument('--dataset', help='classification dataset spec (default the embedded cluttered-digits)')
+    p.add_argument('--epochs', type=int)
+    p.add_argument('--img-size', type=size_arg, metavar='N|HxW')
+    p.add_argument('--jobs', type=int, help='runs trained at once, one thread each (default: cores, at most 2)')
+    p.add_argument('--set', action='append', metavar='KEY=VALUE', help='override a recipe key')
+    p.set_defaults(func=cmd_study)
+
+
 # ------------------------------------------------------------------------------------------------------- export
 
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
@@ -593,6 +636,153 @@ def _add_rf(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_rf)
 
 
+# ---------------------------------------------------------------------------------------------------------- bpr
+
+def _bpr_source(args: argparse.Namespace, images: bool = False):  # noqa: ANN202 - a bpr_tools.SceneSource
+    from .analysis import bpr_tools
+
+    if images and getattr(args, 'images', None):
+        if args.dataset:
+            raise VisionmixError('give either IMAGES or --dataset, not both')
+        return bpr_tools.files_source(args.images)
+    if not args.dataset:
+        raise VisionmixError('give --dataset SPEC (an instance dataset: shapes-inst, coins, coco:IMAGES_DIR:ANN.json)'
+                             + (' or IMAGES' if images else ''))
+    return bpr_tools.dataset_source(args.dataset, args.split, args.img_size)
+
+
+def _bpr_report_table(rep: dict, console: Console) -> None:
+    table = Table(title=f'BPR report on {rep["source"]} (%, Boundary IoU d = {rep["dilation_ratio"]} x diagonal)',
+                  header_style='bold')
+    columns = ('mask AP', 'AP50', 'AP75', 'Boundary AP', 'Boundary IoU', 'mask IoU', 'pairs')
+    table.add_column('results')
+    for column in columns:
+        table.add_column(column, justify='right')
+    keys = ('mask_ap', 'mask_ap50', 'mask_ap75', 'boundary_ap', 'boundary_iou', 'mask_iou')
+    for label, r in rep['results'].items():
+        table.add_row(label, *(fmt(r[k], '.2f') for k in keys), str(r['pairs']))
+    console.print(table)
+    if rep['gain']:
+        console.print('gain (last - first): ' + ', '.join(f'{k} {fmt(v, "+.2f")}' for k, v in rep['gain'].items()),
+                      highlight=False)
+
+
+def _bpr_run(args: argparse.Namespace) -> dict:
+    """Run one ``bpr`` step; returns its result."""
+    from .analysis import bpr_tools
+
+    command = args.bpr_command
+    if command in ('coarse', 'report') and args.output:
+        check_output_path(args.output)
+    source = _bpr_source(args, images=command == 'refine')
+    if command == 'coarse':
+        if (args.degrade is None) == (args.checkpoint is None):
+            raise VisionmixError('bpr coarse takes one of --degrade N (ground truth at 1/N) or --checkpoint '
+                                 'MASKRCNN_RUN')
+        if args.degrade is not None:
+            return bpr_tools.coarse_from_gt(source, args.output, args.degrade)
+        return bpr_tools.coarse_from_checkpoint(source, args.checkpoint, args.output)
+    if command == 'extract':
+        return bpr_tools.extract(source, args.coarse, args.output, args.patch_size, args.iou_thresh, args.padding,
+                                 args.iou_min, args.val_fraction, args.seed, args.overwrite, args.skip_empty)
+    if command == 'refine':
+        return bpr_tools.refine(source, args.coarse, args.checkpoint, args.output, args.iou_thresh, args.patch_size,
+                                args.padding, args.batch_size, args.min_score, not args.no_overlays, args.overwrite,
+                                args.skip_empty)
+    labels = args.labels.split(',') if args.labels else [Path(p).stem for p in args.results]
+    if len(labels) != len(args.results) or len(set(labels)) != len(labels):
+        raise VisionmixError(f'--labels needs {len(args.results)} distinct comma-separated names, got {args.labels!r}')
+    return bpr_tools.report(source, dict(zip(labels, args.results)), args.output, args.dilation_ratio,
+                            skip_empty=args.skip_empty)
+
+
+def cmd_bpr(args: argparse.Namespace, console: Console) -> int:
+    res = _bpr_run(args)
+    if args.json:
+        print(json.dumps(res, indent=2, default=str))
+        return 0
+    say = lambda text: console.print(text, highlight=False, markup=False)  # noqa: E731
+    command = args.bpr_command
+    if command == 'coarse':
+        lost = res.get('vanished', res.get('empty', 0))
+        say(f'wrote {res["output"]}: {res["instances"]} coarse instance(s) on {res["images"]} image(s) from '
+            f'{res["method"]}' + (f'; {lost} empty mask(s) left out' if lost else ''))
+    elif command == 'extract':
+        say(f'wrote {res["output"]}: {res["split_patches"]["train"]} train / {res["split_patches"]["val"]} val '
+            f'patches from {res["pairs"]} of {res["instances"]} coarse instance(s) ({res["dropped"]} dropped: best '
+            f'IoU <= {args.iou_min})')
+    elif command == 'refine':
+        geo = res['geometry']
+        say(f'wrote {res["output"]}: {res["instances"]} refined instance(s) ({geo["patch_size"]} px patches at '
+            f'{geo["out_size"]} px, NMS {res["iou_thresh"]})')
+    if res.get('report') is not None or command == 'report':
+        _bpr_report_table(res['report'] if command == 'refine' else res, console)
+    return 0
+
+
+def _bpr_source_args(p: argparse.ArgumentParser, split: str) -> None:
+    p.add_argument('--dataset', metavar='SPEC', help='instance dataset: shapes-inst[:N], coins, '
+                                                     'coco:IMAGES_DIR:ANNOTATIONS.json')
+    p.add_argument('--split', choices=('train', 'val'), default=split, help=f'dataset split (default {split})')
+    p.add_argument('--img-size', type=int, default=128,
+                   help='side of generated datasets (shapes-inst; default 128, the maskrcnn default)')
+    p.add_argument('--skip-empty', action='store_true', help='drop empty instance masks instead of refusing them')
+
+
+def _add_bpr(sub: argparse._SubParsersAction) -> None:
+    from .bpr import INFER_IOU_THRESH, PATCH_SIZE, TRAIN_IOU_THRESH
+
+    p = sub.add_parser('bpr', help='BPR: refine instance-mask boundaries with patches (coarse, extract, refine, '
+                                   'report)',
+                       description='Boundary Patch Refinement (Tang et al., CVPR 2021): coarse instance masks (a '
+                                   'COCO results JSON, e.g. from a maskrcnn run) are refined patch by patch along '
+                                   'their boundary by a refiner trained with `visionmix train --model bpr:BACKBONE '
+                                   '--dataset bpr-patches:DIR`.')
+    bsub = p.add_subparsers(dest='bpr_command', metavar='STEP', required=True, parser_class=_Parser)
+    c = bsub.add_parser('coarse', help='coarse masks as a COCO results JSON: degraded ground truth or a maskrcnn run')
+    _bpr_source_args(c, 'val')
+    c.add_argument('--degrade', type=int, metavar='N', help='ground truth at 1/N resolution (area down, bilinear up)')
+    c.add_argument('--checkpoint', metavar='RUN', help='a maskrcnn:BACKBONE run whose detections are the coarse masks')
+    c.add_argument('--output', required=True, metavar='FILE.json')
+    e = bsub.add_parser('extract', help='coarse masks + ground truth -> a patch dataset (bpr-patches:DIR)')
+    _bpr_source_args(e, 'train')
+    e.add_argument('--coarse', required=True, metavar='RESULTS.json', help='coarse masks, COCO results JSON')
+    e.add_argument('--output', required=True, metavar='DIR')
+    e.add_argument('--patch-size', type=int, default=PATCH_SIZE, help=f'patch side (official {PATCH_SIZE})')
+    e.add_argument('--iou-thresh', type=float, default=TRAIN_IOU_THRESH,
+                   help=f'NMS IoU of the patch boxes (official training set {TRAIN_IOU_THRESH})')
+    e.add_argument('--padding', type=int, default=0, help='context pixels around each patch (official 0)')
+    e.add_argument('--iou-min', type=float, default=0.5, help='drop coarse instances whose best GT IoU is <= this')
+    e.add_argument('--val-fraction', type=float, default=0.1, help='images whose patches form the val split')
+    e.add_argument('--seed', type=int, default=0, help='seed of the val images draw')
+    e.add_argument('--overwrite', action='store_true', help='replace an existing DIR')
+    r = bsub.add_parser('refine', help='refine coarse masks with a trained bpr:BACKBONE run')
+    r.add_argument('images', nargs='*', metavar='IMAGE', help='image files / folders, numbered 1..N like predict '
+                                                              '(or --dataset)')
+    _bpr_source_args(r, 'val')
+    r.add_argument('--checkpoint', required=True, metavar='RUN', help='the refiner: a bpr:BACKBONE run')
+    r.add_argument('--coarse', required=True, metavar='RESULTS.json', help='coarse masks, COCO results JSON')
+    r.add_argument('--output', required=True, metavar='DIR', help=f'writes {"refined_results.json"}, overlays/ and '
+                                                                  f'(with --dataset) report.json')
+    r.add_argument('--iou-thresh', type=float, default=INFER_IOU_THRESH,
+                   help=f'NMS IoU of the patch boxes (official Cityscapes inference {INFER_IOU_THRESH})')
+    r.add_argument('--patch-size', type=int, help="patch side (default: the refiner's training patches')")
+    r.add_argument('--padding', type=int, help="context pixels (default: the refiner's training patches')")
+    r.add_argument('--batch-size', type=int, default=64, help='patches per forward pass')
+    r.add_argument('--min-score', type=float, default=0.0, help='pass instances scoring below this unrefined')
+    r.add_argument('--no-overlays', action='store_true', help='skip the overlay PNGs')
+    r.add_argument('--overwrite', action='store_true', help='replace an existing DIR')
+    t = bsub.add_parser('report', help='mask AP, Boundary AP and Boundary IoU of results files, side by side')
+    _bpr_source_args(t, 'val')
+    t.add_argument('results', nargs='+', metavar='RESULTS.json', help='COCO results files (first: the baseline)')
+    t.add_argument('--labels', metavar='A,B,...', help='names of the results files (default: their stems)')
+    t.add_argument('--dilation-ratio', type=float, default=0.02, help='Boundary IoU band, fraction of the diagonal')
+    t.add_argument('--output', metavar='FILE.json', help='also write the report as JSON')
+    for q in (c, e, r, t):
+        q.add_argument('--json', action='store_true', help='print the result as JSON')
+    p.set_defaults(func=cmd_bpr)
+
+
 # ---------------------------------------------------------------------------------------------------------- main
 
 class _Parser(argparse.ArgumentParser):
@@ -604,7 +794,7 @@ class _Parser(argparse.ArgumentParser):
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_models, _add_card, _add_datasets, _add_profile, _add_train, _add_eval, _add_predict, _add_compare,
-    _add_export, _add_rf)
+    _add_study, _add_export, _add_rf, _add_bpr)
 
 
 def build_parser() -> argparse.ArgumentParser:

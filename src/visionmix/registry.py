@@ -324,8 +324,8 @@ def _lookup(name: str) -> _Entry:
     if entry is not None:
         return entry
     prefix, sep, rest = name.partition(':')
-    if sep and prefix in _COMPOSITES:
-        return _composite_entry(name)
+    if prefix in _COMPOSITES:  # a bare prefix ('bpr') is the composite's default: 'bpr:'
+        return _composite_entry(f'{prefix}:{rest}')
     if timm_is_model(name):
         return _timm_entry(name)
     specs = ', '.join(f'{p}:NAME' for p in sorted(_COMPOSITES))

@@ -28,7 +28,7 @@ from ..reporting import pyplot
 
 __all__ = [
     'coverage_report', 'plot_coverage', 'last_feature_map', 'effective_receptive_field', 'feature_center',
-    'erf_stats', 'erf_report', 'to_json', 'plot_erfs',
+    'erf_stats', 'erf_report', 'to_json', 'plot_erfs', 'NoSpatialMapError',
 ]
 
 _NUMBERS_MAX_SIDE = 41  # beyond this the digits in the cells become unreadable: draw a heat map instead
@@ -123,6 +123,10 @@ def plot_coverage(cov: np.ndarray, path: str | os.PathLike, title: str | None = 
     return path
 
 
+class NoSpatialMapError(VisionmixError):
+    """The model exposes no (B, C, H, W) feature map to measure a receptive field on."""
+
+
 def last_feature_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's last spatial feature map for images ``x``, as NCHW.
 
@@ -138,7 +142,7 @@ def last_feature_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         A ``(B, C', h, w)`` tensor.
 
     Raises:
-        VisionmixError: The model exposes no spatial feature map.
+        NoSpatialMapError: The model exposes no spatial feature map.
     """
     if callable(getattr(model, 'forward_intermediates', None)):
         try:
@@ -153,7 +157,7 @@ def last_feature_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return out.permute(0, 3, 1, 2) if getattr(model, 'output_fmt', 'NCHW') == 'NHWC' else out
     got = f'forward_features returns shape {tuple(out.shape)}' if isinstance(out, torch.Tensor) \
         else 'it has no forward_features'
-    raise VisionmixError(f'{type(model).__name__} exposes no spatial feature map ({got}, no usable '
+    raise NoSpatialMapError(f'{type(model).__name__} exposes no spatial feature map ({got}, no usable '
                          f'forward_intermediates); the ERF needs a model with a (B, C, H, W) feature map')
 
 
@@ -188,9 +192,10 @@ def _erf(model: nn.Module, size: tuple[int, int], samples: int, seed: int,
             x = torch.randn(min(_CHUNK, samples - start), chans, *size, generator=gen).to(device).requires_grad_()
             try:
                 feat = last_feature_map(model, x)
-            except VisionmixError:
+            except NoSpatialMapError:
                 raise
-            except (AssertionError, RuntimeError, ValueError) as e:  # a model built for another size, mostly
+            except (AssertionError, RuntimeError, ValueError) as e:  # a model built for another size, mostly (our
+                # own VisionmixErrors from inside the model are ValueErrors too: they gain the size asked for)
                 raise VisionmixError(f'{type(model).__name__} cannot run at {size[0]}x{size[1]}: {first_line(e)}; '
                                      f'build it for this size (img_size=...) or choose another size') from e
             shape = tuple(feat.shape[1:])

@@ -12,3 +12,5 @@ from .segmentation import SegmentationDataset
 __all__ = ['DATASET_KINDS', 'DataError', 'DatasetInfo', 'DatasetKind', 'IMG_EXTENSIONS', 'ImageListDataset',
            'SegmentationDataset', 'build_datasets', 'check_images', 'dataset_specs', 'dataset_task', 'parse_spec',
            'register_dataset']
+from . import instance_sets  # noqa: F401,E402  (registers shapes-inst, coins, coco)
+from . import bpr_patches  # noqa: F401,E402  (registers bpr-patches:DIR)

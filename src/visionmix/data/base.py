@@ -1,8 +1,10 @@
 """The data types every dataset builder shares (a leaf: the builders import it, never the other way round)."""
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,7 +13,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 
-__all__ = ['DataError', 'DatasetInfo', 'ImageListDataset', 'check_images', 'IMG_EXTENSIONS']
+__all__ = ['DataError', 'DatasetInfo', 'ImageListDataset', 'check_images', 'read_json', 'IMG_EXTENSIONS']
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 
@@ -84,3 +86,24 @@ def check_images(files: Sequence[str], skip_corrupt: bool = False) -> tuple[list
                                 f'(pass --skip-corrupt to skip and count such files)') from None
             bad.append(str(path))
     return good, bad
+
+
+def read_json(path: str | Path, what: str = 'file') -> Any:
+    """The content of a JSON file, read with ``json.loads`` (data files are never evaluated).
+
+    Args:
+        path: The file.
+        what: What the file is, for the error (``'COCO annotation file'``).
+
+    Raises:
+        DataError: One line: the file is missing, unreadable or not valid JSON (with the line and column).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f'{what} {path} does not exist')
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f'cannot read {path}: {e}') from None
+    except json.JSONDecodeError as e:
+        raise DataError(f'{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}') from None

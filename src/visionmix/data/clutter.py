@@ -1,11 +1,11 @@
-"""``cluttered-digits``: real handwritten digits at random places and scales over real texture clutter, 10 classes.
+"""``cluttered-digits``: real handwritten digits at random scales over real texture clutter, 10 classes.
 
 A harder companion to ``digits`` for comparing architectures: each image is one of scikit-learn's bundled 8x8
 handwritten digits (1,797 real images, offline), bilinear-upscaled to a random height of 25-62% of the canvas (16-40
-px at 64 px) and width 0.8-1.15 times that, at a random place, over a random crop of the texture bank of
-:mod:`visionmix.data.textures` (brick, grass, gravel photos, CC0, and a smooth generated texture), with fragments of
-other digits as distractors, a random polarity (dark on light or light on dark), a random contrast, pixel noise and
-an image-wide RGB tint.
+px at 64 px) and width 0.8-1.15 times that, placed at the centre (``jitter``: within a share of the side of it, or
+anywhere), over a random crop of the texture bank of :mod:`visionmix.data.textures` (brick, grass, gravel photos,
+CC0, and a smooth generated texture), with fragments of other digits as distractors, a random polarity (dark on light
+or light on dark), a random contrast, pixel noise and an image-wide RGB tint.
 
 The ``clutter`` knob in [0, 1] scales everything that makes it hard: the texture's contrast, the number of distractor
 fragments (Poisson, mean ``4 * clutter``), the noise, and how faint the digit may be. ``clutter=0`` is a clean digit
@@ -16,9 +16,12 @@ Honest validation: :func:`cluttered_digits_splits` first splits the 1,797 source
 only from val digits (distractor fragments included). Classes are balanced (``n // 10`` or ``n // 10 + 1`` images
 each), so a constant prediction scores about 10%.
 
-Calibration so far (one run each, default 2,000 train / 500 val at 64 px): a plain 4-stage CNN (24-96 channels)
-from scratch, no augmentation, 20 epochs on one CPU thread (7 min), reached 72% val top-1 at ``clutter=0.5`` and 87%
-at 0.25, overfitting by then. So the default does not saturate; calibrate it on the models being compared.
+Calibration (the defaults: ``clutter=0.25``, centred): a plain 4-stage CNN with BatchNorm learns digits placed
+anywhere, but SPACH's patch-4 models (non-overlapping patch stem, no BatchNorm) did not within a CPU budget: at 48
+px, 2,000 images, a 3-stage SPACH conv (140k params) stayed at chance (~10%) after 8 epochs with the digit anywhere
+and even within +-10% of the side of the centre, while centred it reached 47% val top-1 at ``clutter=0.25`` (28% at
+0.5) after 10 epochs, overfitting (63% train). So the default centres the digit and keeps scale, polarity, contrast,
+texture and distractors random: hard enough not to saturate, learnable by every model family in minutes.
 """
 from __future__ import annotations
 
@@ -29,15 +32,17 @@ import numpy as np
 from ..errors import DataError
 from .textures import TEXTURE_CLASSES, check_count, make_rng, random_texture_crop
 
-__all__ = ['DEFAULT_CLUTTER', 'DIGIT_CLASSES', 'cluttered_digits_splits', 'digit_source_split',
+__all__ = ['DEFAULT_CLUTTER', 'DEFAULT_JITTER', 'DIGIT_CLASSES', 'cluttered_digits_splits', 'digit_source_split',
            'make_cluttered_digits']
 
 DIGIT_CLASSES = tuple('0123456789')
-DEFAULT_CLUTTER = 0.5
+DEFAULT_CLUTTER = 0.25
+DEFAULT_JITTER = 0.0  # the digit's centre is the canvas centre: see "Calibration" above
 DEFAULT_TRAIN = 2000
 MIN_SIZE = 16
 SUBSETS = ('all', 'train', 'val')
 _SCALE = (0.25, 0.625)  # digit height as a fraction of the canvas: 16-40 px at 64 px
+_TINT = (0.25, 0.1)  # image-wide RGB gain 1 +- 0.25 and offset +- 0.1
 
 
 @functools.lru_cache(maxsize=1)
@@ -85,13 +90,18 @@ def _resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return _interp(height, img.shape[0]) @ img @ _interp(width, img.shape[1]).T
 
 
-def _paste(canvas: np.ndarray, ink: np.ndarray, value: float, rng: np.random.Generator, inside: bool) -> None:
+def _paste(canvas: np.ndarray, ink: np.ndarray, value: float, rng: np.random.Generator, inside: bool,
+           jitter: float | None = None) -> None:
     """Blend ``ink`` (alpha in [0, 1]) of grey ``value`` into ``canvas`` at a random place.
 
-    ``inside`` keeps it whole inside the canvas; otherwise it may be cut by the border.
+    ``inside`` keeps it whole inside the canvas; otherwise it may be cut by the border. ``jitter`` (with ``inside``)
+    puts its centre within ``jitter * size`` of the canvas centre instead of anywhere.
     """
     size, (h, w) = canvas.shape[0], ink.shape
-    if inside:
+    if inside and jitter is not None:
+        r0, c0 = ((size - n) / 2 + rng.uniform(-jitter, jitter) * size for n in (h, w))
+        r0, c0 = int(np.clip(round(r0), 0, size - h)), int(np.clip(round(c0), 0, size - w))
+    elif inside:
         r0, c0 = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
     else:
         r0, c0 = int(rng.integers(-h // 2, size - h // 2)), int(rng.integers(-w // 2, size - w // 2))
@@ -106,7 +116,8 @@ def _digit_value(clutter: float, rng: np.random.Generator) -> float:
     return 0.5 + polarity * rng.uniform(0.45 - 0.3 * clutter, 0.45)
 
 
-def _render(ink: np.ndarray, pool: np.ndarray, size: int, clutter: float, rng: np.random.Generator) -> np.ndarray:
+def _render(ink: np.ndarray, pool: np.ndarray, size: int, clutter: float, rng: np.random.Generator,
+            jitter: float | None) -> np.ndarray:
     """One image of the digit ``ink`` (8x8 in [0, 1]); distractor fragments come from source digits ``pool``."""
     canvas = 0.5 + (random_texture_crop(TEXTURE_CLASSES[int(rng.integers(len(TEXTURE_CLASSES)))], size, rng) - 0.5) \
         * clutter * rng.uniform(0.6, 1.2)
@@ -121,15 +132,17 @@ def _render(ink: np.ndarray, pool: np.ndarray, size: int, clutter: float, rng: n
                _digit_value(clutter, rng), rng, inside=False)
     height = int(round(size * rng.uniform(*_SCALE)))
     width = min(size, int(round(height * rng.uniform(0.8, 1.15))))
-    _paste(canvas, _resize(ink, height, width), _digit_value(clutter, rng), rng, inside=True)
+    _paste(canvas, _resize(ink, height, width), _digit_value(clutter, rng), rng, inside=True, jitter=jitter)
     canvas += rng.standard_normal(canvas.shape, np.float32) * np.float32(0.01 + 0.05 * clutter)
-    gain, offset = rng.uniform(0.75, 1.25, 3).astype(np.float32), rng.uniform(-0.1, 0.1, 3).astype(np.float32)
+    gain = rng.uniform(1 - _TINT[0], 1 + _TINT[0], 3).astype(np.float32)
+    offset = rng.uniform(-_TINT[1], _TINT[1], 3).astype(np.float32)
     rgb = canvas[..., None] * gain + offset  # image-wide RGB tint
     return np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
 
 
 def make_cluttered_digits(n: int, size: int = 64, seed: int | list[int] = 0, clutter: float = DEFAULT_CLUTTER,
-                          subset: str = 'all', return_source: bool = False) -> tuple[np.ndarray, ...]:
+                          subset: str = 'all', return_source: bool = False,
+                          jitter: float | None = DEFAULT_JITTER) -> tuple[np.ndarray, ...]:
     """``n`` deterministic cluttered-digit images with balanced labels (see the module docstring).
 
     Args:
@@ -140,6 +153,8 @@ def make_cluttered_digits(n: int, size: int = 64, seed: int | list[int] = 0, clu
         subset: Source digits to draw from: ``'all'`` 1,797, or ``'train'`` / ``'val'`` of
             :func:`digit_source_split`.
         return_source: Also return the index (into scikit-learn's digits) of each image's digit.
+        jitter: Largest offset of the digit's centre from the canvas centre, as a share of the side (0: centred);
+            None places it anywhere inside the canvas.
 
     Returns:
         ``(images, labels)``: uint8 ``(n, size, size, 3)`` and int64 ``(n,)`` in 0..9; plus ``source`` int64
@@ -148,6 +163,9 @@ def make_cluttered_digits(n: int, size: int = 64, seed: int | list[int] = 0, clu
     n, size = check_count('n', n), check_count('size', size, MIN_SIZE)
     if isinstance(clutter, bool) or not isinstance(clutter, (int, float, np.number)) or not 0.0 <= clutter <= 1.0:
         raise DataError(f'clutter must be in [0, 1], got {clutter!r}')
+    if jitter is not None and (isinstance(jitter, bool) or not isinstance(jitter, (int, float, np.number))
+                               or not 0.0 <= jitter <= 0.5):
+        raise DataError(f'jitter must be in [0, 0.5] or None, got {jitter!r}')
     if subset not in SUBSETS:
         raise DataError(f'unknown digit subset {subset!r}; use one of {", ".join(SUBSETS)}')
     ink, source_labels = _digits()
@@ -158,12 +176,13 @@ def make_cluttered_digits(n: int, size: int = 64, seed: int | list[int] = 0, clu
     source = np.array([rng.choice(by_class[c]) for c in labels], np.int64)
     images = np.empty((n, size, size, 3), np.uint8)
     for i, src in enumerate(source):
-        images[i] = _render(ink[src], pool, size, float(clutter), rng)
+        images[i] = _render(ink[src], pool, size, float(clutter), rng, jitter)
     return (images, labels, source) if return_source else (images, labels)
 
 
 def cluttered_digits_splits(num_train: int | None = None, size: int = 64, seed: int = 0,
-                            clutter: float = DEFAULT_CLUTTER) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                            clutter: float = DEFAULT_CLUTTER, jitter: float | None = DEFAULT_JITTER,
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Train and val cluttered digits rendered from disjoint source digits (:func:`digit_source_split`).
 
     Args:
@@ -171,12 +190,13 @@ def cluttered_digits_splits(num_train: int | None = None, size: int = 64, seed: 
         size: Canvas side in pixels.
         seed: Base seed; train uses ``default_rng([seed, 0])`` and val ``default_rng([seed, 1])``.
         clutter: Difficulty in [0, 1].
+        jitter: Placement of the digit (see :func:`make_cluttered_digits`).
 
     Returns:
         ``(train_images, train_labels, val_images, val_labels)``.
     """
     num_train = DEFAULT_TRAIN if num_train is None else check_count('num_train', num_train)
     check_count('seed', seed, 0)
-    train = make_cluttered_digits(num_train, size, [seed, 0], clutter, 'train')
-    val = make_cluttered_digits(max(2, num_train // 4), size, [seed, 1], clutter, 'val')
+    train = make_cluttered_digits(num_train, size, [seed, 0], clutter, 'train', jitter=jitter)
+    val = make_cluttered_digits(max(2, num_train // 4), size, [seed, 1], clutter, 'val', jitter=jitter)
     return train[0], train[1], val[0], val[1]

@@ -1,9 +1,9 @@
 """``visionmix compare``: every model trained with the identical recipe, data, budget and seeds, then profiled at
 the training input size; one report (Markdown, JSON, CSV, Pareto plots, training curves).
 
-The embedded default (no arguments) is a small SPACH-style study on ``digits`` at 32x32: the SPACH skeleton with
-the conv / attention / MLP spatial functions and the conv+attention hybrid, the Hire, window-MLP and shift mixers,
-and one classic CNN. Its list is :data:`DEFAULT_STUDY`; its recipe is :data:`DEFAULT_RECIPE`.
+The embedded default (no arguments) is a small SPACH-style study on ``digits`` at 32x32: the SPACH
+skeleton with the conv / attention / MLP spatial functions and the conv+attention hybrid, the Hire, window-MLP and
+shift mixers, and one classic CNN. Its list is :data:`DEFAULT_STUDY`; its recipe is :data:`DEFAULT_RECIPE`.
 """
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ from .config import ConfigError, TrainConfig, load_config, read_yaml
 from .tasks import model_task
 from .train import CHECKPOINT_DIR, CONFIG_FILE, STATE_FILE, SUMMARY_FILE, train
 
-__all__ = ['StudyEntry', 'DEFAULT_STUDY', 'DEFAULT_RECIPE', 'parse_model_arg', 'compare', 'CompareError']
+__all__ = ['StudyEntry', 'DEFAULT_STUDY', 'DEFAULT_RECIPE', 'parse_model_arg', 'compare', 'CompareError', 'Eta',
+           'run_dir', 'train_one', 'shared_recipe', 'claim_output', 'duration']
 
 
 class CompareError(VisionmixError):
@@ -81,10 +82,23 @@ SEGMENTATION_RECIPE: dict[str, Any] = dict(
     warmup_epochs=1, min_lr=1e-5, smoothing=0.0, mixup=0.0, cutmix=0.0, auto_augment=None, reprob=0.0,
     scale=[0.5, 1.0], ratio=[0.75, 1.333], hflip=0.5, drop_path=0.0, model_ema=False, clip_grad=None, seed=0)
 
+# Instance segmentation: Mask R-CNN (torchvision, light heads) over a conv, an attention and a Hire-MLP backbone of
+# the same skeleton and width, on the embedded shapes; a short budget (about 15 minutes on 2 cores in all).
+INSTANCE_STUDY: list[StudyEntry] = [
+    StudyEntry('MaskRCNN-SPACH-Conv', 'maskrcnn:spach_ms', _seg_spach('pass', 'pass', 'pass', 'pass'), 'conv'),
+    StudyEntry('MaskRCNN-SPACH-Attn', 'maskrcnn:spach_ms', _seg_spach('pass', 'attn', 'attn', 'attn'), 'attention'),
+    StudyEntry('MaskRCNN-SPACH-Hire', 'maskrcnn:spach_ms', _seg_spach('pass', 'hire', 'hire', 'hire'), 'Hire-MLP'),
+]
+INSTANCE_RECIPE: dict[str, Any] = dict(
+    dataset='shapes-inst:200', img_size=96, epochs=4, batch_size=4, opt='adamw', lr=1e-3, weight_decay=0.05,
+    warmup_epochs=1, min_lr=1e-5, smoothing=0.0, mixup=0.0, cutmix=0.0, auto_augment=None, reprob=0.0, hflip=0.5,
+    drop_path=0.0, model_ema=False, clip_grad=None, seed=0)
+
 # task -> (default study, its recipe); the recipe is also the base of a comparison of other models of that task
 STUDIES: dict[str, tuple[list[StudyEntry], dict[str, Any]]] = {
     'classification': (DEFAULT_STUDY, DEFAULT_RECIPE),
     'segmentation': (SEGMENTATION_STUDY, SEGMENTATION_RECIPE),
+    'instance': (INSTANCE_STUDY, INSTANCE_RECIPE),
 }
 
 
@@ -112,6 +126,63 @@ def parse_model_arg(text: str) -> StudyEntry:
 
 def _safe(label: str) -> str:
     return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in label)
+
+
+def run_dir(out: Path, label: str, seed: int) -> Path:
+    """Where the run of the model ``label`` with ``seed`` lives inside the comparison folder ``out``."""
+    return Path(out) / _safe(label) / f'seed{seed}'
+
+
+def duration(seconds: float) -> str:
+    """``'42s'``, ``'3m05s'`` or ``'1h02m'``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f'{seconds}s'
+    if seconds < 3600:
+        return f'{seconds // 60}m{seconds % 60:02d}s'
+    return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
+
+
+class Eta:
+    """Runs left and when they will be done, from the wall-clock rate of the runs trained in this invocation.
+
+    Runs reused from an earlier invocation count as done but not in the rate (they took no time now). The rate is
+    runs per wall-clock second, so it holds whether the runs go one after another or several at once.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.trained = total, 0, 0
+        self.start = time.perf_counter()
+        self.first_trained: float | None = None
+
+    def add(self, trained: bool = True) -> None:
+        """Count one finished run (``trained=False`` for a run reused from disk)."""
+        self.done += 1
+        if trained:
+            self.trained += 1
+
+    def mark_start(self) -> None:
+        """Reset the clock when the first run that trains now starts (time spent on reused runs is not a rate)."""
+        if self.first_trained is None:
+            self.first_trained = time.perf_counter()
+
+    @property
+    def left(self) -> int:
+        return self.total - self.done
+
+    def seconds_left(self) -> float | None:
+        """Estimated wall seconds to finish, or None before any run has trained in this invocation."""
+        if not self.trained:
+            return None
+        elapsed = time.perf_counter() - (self.first_trained if self.first_trained is not None else self.start)
+        return elapsed / self.trained * self.left
+
+    def text(self) -> str:
+        """``'4 run(s) left, ETA 3m05s'`` (no ETA before the first trained run)."""
+        if not self.left:
+            return 'all runs done'
+        left = self.seconds_left()
+        return f'{self.left} run(s) left' + ('' if left is None else f', ETA {duration(left)}')
 
 
 def _profile(entry: StudyEntry, cfg: TrainConfig, model_dir: Path, seed: int) -> dict[str, Any]:
@@ -163,19 +234,26 @@ def compare(
     console = console or Console()
     started = time.perf_counter()
     entries, notes, task = _study_entries(models, task)
-    recipe, seeds = _shared_recipe(STUDIES[task][1], dataset, epochs, img_size, config, overrides, seeds)
+    recipe, seeds = shared_recipe(STUDIES[task][1], dataset, epochs, img_size, config, overrides, seeds)
     out = Path(output)
-    record = _claim_output(out, recipe, seeds, entries)
+    record = claim_output(out, recipe, seeds, entries)
     console.print(f'compare: {len(entries)} models x {len(seeds)} seed(s) on {recipe.dataset} at '
                   f'{size_str(recipe.img_size)}, {recipe.epochs} epochs each -> {out}', highlight=False)
-    rows = []
+    rows, eta = [], Eta(len(entries) * len(seeds))
     for i, entry in enumerate(entries):
         tag = f'[{i + 1}/{len(entries)}] {entry.label}'
-        runs = [_train_one(entry, recipe, seed, out / _safe(entry.label) / f'seed{seed}', f'{tag} seed {seed}',
-                           console) for seed in seeds]
+        runs = []
+        for seed in seeds:
+            path = run_dir(out, entry.label, seed)
+            reused = (path / SUMMARY_FILE).is_file()
+            if not reused:
+                eta.mark_start()
+            runs.append(train_one(entry, recipe, seed, path, f'{tag} seed {seed}', console))
+            eta.add(trained=not reused)
         prof = _profile(entry, recipe, out / _safe(entry.label), seeds[0]) if profile else {}
         rows.append(_row(entry, runs, prof))
-        console.print(f'{tag}: {_score_text(rows[-1])}, {rows[-1]["train_seconds"]:.0f}s training', highlight=False)
+        console.print(f'{tag}: {_score_text(rows[-1])}, {rows[-1]["train_seconds"]:.0f}s training; {eta.text()}',
+                      highlight=False)
     results = dict(command=command or 'visionmix compare', task=task, dataset=recipe.dataset,
                    img_size=recipe.to_dict()['img_size'],
                    epochs=recipe.epochs, seeds=seeds, recipe=record['recipe'],
@@ -205,7 +283,7 @@ def _study_entries(models: list[StudyEntry] | None, task: str | None) -> tuple[l
     return entries, notes, found
 
 
-def _shared_recipe(task_recipe: dict[str, Any], dataset: str | None, epochs: int | None, img_size: Any,
+def shared_recipe(task_recipe: dict[str, Any], dataset: str | None, epochs: int | None, img_size: Any,
                    config: str | Path | None, overrides: dict[str, Any] | None,
                    seeds: list[int] | None) -> tuple[TrainConfig, list[int]]:
     """The one recipe every model gets (validated once, before any run) and the seeds."""
@@ -225,7 +303,7 @@ def _shared_recipe(task_recipe: dict[str, Any], dataset: str | None, epochs: int
     return load_config(overrides=base), seeds
 
 
-def _claim_output(out: Path, recipe: TrainConfig, seeds: list[int], entries: list[StudyEntry]) -> dict[str, Any]:
+def claim_output(out: Path, recipe: TrainConfig, seeds: list[int], entries: list[StudyEntry]) -> dict[str, Any]:
     """Record the comparison in ``out/compare.json``; a folder holding another recipe or seeds is refused."""
     out.mkdir(parents=True, exist_ok=True)
     record = dict(recipe={k: v for k, v in recipe.to_dict().items() if k not in ('model', 'model_kwargs', 'output')},
@@ -241,7 +319,7 @@ def _claim_output(out: Path, recipe: TrainConfig, seeds: list[int], entries: lis
     return record
 
 
-def _train_one(entry: StudyEntry, recipe: TrainConfig, seed: int, run_dir: Path, tag: str,
+def train_one(entry: StudyEntry, recipe: TrainConfig, seed: int, run_dir: Path, tag: str,
                console: Console) -> dict[str, Any]:
     """One model and seed: reuse a finished run, resume an interrupted one, else train it."""
     if (run_dir / SUMMARY_FILE).is_file():

@@ -148,6 +148,13 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
                      'another symbol), a mild random crop, lr 3e-3 with a 1-epoch warm-up', _SMALL_IMAGES),
     'small-photos': ('32x32 photos (CIFAR): the small-image recipe with horizontal flips',
                      dict(_SMALL_IMAGES, hflip=0.5)),
+    'instance': ('detection data: batch 4 (a detector learns per update), horizontal flip of image, boxes and masks '
+                 'together, AdamW lr 1e-3, no label smoothing, 128 px images',
+                 dict(epochs=12, batch_size=4, lr=1e-3, warmup_epochs=1, img_size=128, smoothing=0.0,
+                      auto_augment=None, reprob=0.0, hflip=0.5, mixup=0.0, cutmix=0.0)),
+    'refinement': ('BPR boundary patches: flips and photometric jitter of the patch, 64 px input, no label smoothing',
+                   dict(epochs=8, batch_size=16, lr=2e-3, warmup_epochs=1, img_size=64, smoothing=0.0,
+                        auto_augment=None, reprob=0.0, hflip=0.5, mixup=0.0, cutmix=0.0, precise_bn=256)),
     'segmentation': ('masks: random resized crop and flip of image and mask together; no label smoothing',
                      dict(epochs=10, batch_size=16, lr=2e-3, warmup_epochs=1, smoothing=0.0, auto_augment=None,
                           reprob=0.0, scale=[0.5, 1.0], ratio=[0.75, 1.333], hflip=0.5, mixup=0.0, cutmix=0.0,

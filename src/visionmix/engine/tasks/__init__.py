@@ -10,6 +10,8 @@ from ...registry import model_card
 from ..building import TrainError
 from .base import StepOutput, Task
 from .classification import Classification, classification_transforms
+from .instance import Instance
+from .refinement import Refinement
 from .segmentation import JointTransform, Segmentation, segmentation_transforms
 
 __all__ = ['Task', 'StepOutput', 'Classification', 'Segmentation', 'JointTransform', 'register_task', 'get_task',
@@ -49,3 +51,5 @@ def resolve_task(model_name: str, dataset: str) -> type[Task]:
 
 register_task(Classification)
 register_task(Segmentation)
+register_task(Instance)
+register_task(Refinement)
