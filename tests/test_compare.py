@@ -1,6 +1,7 @@
 """compare: two tiny models under one recipe write every report file; re-running skips finished runs."""
 import csv
 import json
+import os
 
 import pytest
 
@@ -17,7 +18,12 @@ def test_compare_two_tiny_models_writes_every_report_file(tmp_path, capsys):
     models = [parse_model_arg("spach_ms:{net_arch: [[pass, 1]], embed_dim: 8}"),
               parse_model_arg("spach_ms:{net_arch: [[attn, 1]], embed_dim: 8, num_heads: 1}")]
     out = tmp_path / 'cmp'
-    results = compare(models, epochs=1, overrides=TINY_RECIPE, output=out, command='visionmix compare (test)')
+    results = compare(models, epochs=1, overrides=TINY_RECIPE, output=out, command='visionmix compare (test)', jobs=2)
+    printed = capsys.readouterr().out
+    assert '2 run(s) at a time' in printed and 'all runs done' in printed
+    assert '[1/2] spach_ms:{net_arch: [[pass, 1]]' in printed  # YAML brackets are not rich markup
+    assert all((out / label / 'seed0' / 'console.log').stat().st_size > 0 for label in os.listdir(out)
+               if (out / label / 'seed0').is_dir())  # each worker's epoch lines
     for name in REPORT_FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     rows = results['models']
@@ -34,7 +40,7 @@ def test_compare_two_tiny_models_writes_every_report_file(tmp_path, capsys):
 
     capsys.readouterr()
     again = compare(models, epochs=1, overrides=TINY_RECIPE, output=out)  # resume: nothing to train
-    assert 'skipped' in capsys.readouterr().out
+    assert 'done before' in capsys.readouterr().out
     assert [r['top1_mean'] for r in again['models']] == [r['top1_mean'] for r in rows]
     with pytest.raises(CompareError, match='another recipe'):
         compare(models, epochs=2, overrides=TINY_RECIPE, output=out)

@@ -105,12 +105,13 @@ def test_backbone_checkpoint_is_loaded(tmp_path):
     assert torch.equal(model.backbone.body.model.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
 
 
-def test_profile_inference():
+def test_profile_inference_and_training_step():
     from visionmix.profile import profile_model
 
-    res = profile_model('maskrcnn:spach_ms_xxs_patch4_224_conv', mode='infer', img_size=64, memory=False, iters=1,
+    # the training step feeds synthetic targets (torchvision's detectors refuse a training forward without them)
+    res = profile_model('maskrcnn:spach_ms_xxs_patch4_224_conv', mode='both', img_size=64, memory=False, iters=1,
                         warmup=0, batch_size=1)
-    assert res.gmacs > 0 and res.latency_ms is not None and res.params > 1e6
+    assert res.gmacs > 0 and res.latency_ms is not None and res.params > 1e6 and res.train_img_s.median > 0
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
@@ -371,7 +372,7 @@ RUN = dict(model='maskrcnn:spach_ms_xxs_patch4_224_conv', dataset='shapes-inst:8
            model_ema=True, model_ema_decay=0.9, clip_grad=5.0)
 
 
-def test_train_resume_eval_predict(tmp_path):
+def test_train_resume_eval_predict(tmp_path, capsys):
     """A short run through the one loop: resumes exactly (RoI sampling, flips and EMA included), then eval.json and
     predictions from the run directory."""
     from visionmix.engine.config import load_config
@@ -396,3 +397,23 @@ def test_train_resume_eval_predict(tmp_path):
     Image.fromarray(build_datasets('shapes-inst:8', img_size=64)[1].sample(0)['image']).save(img)
     out = predict(tmp_path / 'full', [img], output=tmp_path / 'pred')
     assert Path(out[0]['overlay']).is_file() and (tmp_path / 'pred' / 'coco_results.json').is_file()
+    capsys.readouterr()
+    from visionmix.cli import main
+    assert main(['predict', '--checkpoint', str(tmp_path / 'full'), str(img), '--output', str(tmp_path / 'p2')]) == 0
+    assert 'instance(s)' in capsys.readouterr().out  # the command line prints one line per image for this task too
+
+
+def test_backbone_widths_follow_backbone_kwargs_and_the_instance_study_is_cost_matched():
+    from visionmix.engine.compare import STUDIES
+    from visionmix.profile import count_params
+
+    entries, recipe = STUDIES['instance']
+    assert recipe['dataset'].startswith('shapes-inst') and len({e.spatial for e in entries}) >= 3
+    params = []
+    for entry in entries:  # the FPN reads the widths of the backbone built with these kwargs, not the default's
+        model = create_model(entry.model, num_classes=5, **entry.kwargs).eval()
+        with torch.no_grad():
+            out = model([torch.rand(3, 64, 80)])
+        assert out[0]['masks'].shape[-2:] == (64, 80)
+        params.append(count_params(model))
+    assert max(params) / min(params) < 1.25, params  # a conv, an attention and an MLP mixer of similar cost

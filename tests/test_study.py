@@ -5,7 +5,7 @@ import pytest
 
 from visionmix.cli import main
 from visionmix.study import CONCLUSIONS, CONFIGS, combine_verdicts, config_costs, pair_costs, paired_difference
-from visionmix.study import runs as study_runs
+from visionmix.engine import runs as study_runs
 from visionmix.study.report import PLOTS
 from visionmix.study.spach import COST_TOLERANCE, DESIGN_IMG_SIZE, METRICS, top1_at_equal_loss
 

@@ -386,13 +386,19 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps(results, indent=2))
         return 0
     for r in results:
-        if 'mask' in r:  # a segmentation checkpoint
-            shares = ', '.join(f'{c} {100 * f:.1f}%' for c, f in r['foreground'].items())
-            console.print(f'{r["image"]}: {r["mask"]} ({shares} of pixels)', highlight=False, markup=False)
-            continue
-        tops = ', '.join(f'{t["label"]} {100 * t["prob"]:.1f}%' for t in r['top'])
-        console.print(f'{r["image"]}: {tops}', highlight=False, markup=False)
+        console.print(_prediction_line(r), highlight=False, markup=False, soft_wrap=True)
     return 0
+
+
+def _prediction_line(r: dict) -> str:
+    """One image's prediction in one line, whatever the task."""
+    if 'mask' in r:  # semantic segmentation
+        shares = ', '.join(f'{c} {100 * f:.1f}%' for c, f in r['foreground'].items())
+        return f'{r["image"]}: {r["mask"]} ({shares} of pixels)'
+    if 'instances' in r:  # instance segmentation
+        found = ', '.join(f'{i["label"]} {100 * i["score"]:.0f}%' for i in r['instances']) or 'nothing'
+        return f'{r["image"]}: {r["overlay"]} ({len(r["instances"])} instance(s): {found})'
+    return f'{r["image"]}: ' + ', '.join(f'{t["label"]} {100 * t["prob"]:.1f}%' for t in r['top'])
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -422,7 +428,8 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     entries = [parse_model_arg(m) for m in args.models] if args.models else None
     results = compare(entries, dataset=args.dataset, epochs=args.epochs, seeds=args.seeds, img_size=args.img_size,
                       config=args.config, overrides=parse_overrides(args.set), output=args.output,
-                      profile=not args.no_profile, console=console, command=command_line(), task=args.task)
+                      profile=not args.no_profile, console=console, command=command_line(), task=args.task,
+                      jobs=args.jobs)
     if results['task'] == 'segmentation' and not args.no_erf:
         from .analysis.study_erf import add_erf_section
 
@@ -448,6 +455,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--set', action='append', metavar='KEY=VALUE', help='override a recipe key')
     p.add_argument('--output', default='runs/compare', help='report directory (default runs/compare)')
     p.add_argument('--no-profile', action='store_true', help='skip profiling (no params/MACs/img/s columns)')
+    p.add_argument('--jobs', type=int, help='runs trained at once, one process and one thread each (default: one per '
+                                            'core, at most 2); their epoch lines go to console.log in each run')
     p.add_argument('--task', choices=('classification', 'segmentation', 'instance'),
                    help='the default study of this task (default: classification; or the task of --models)')
     p.add_argument('--no-erf', action='store_true', help='segmentation: skip the receptive-field maps')

@@ -293,9 +293,9 @@ def _cluttered_digits(num_train: int | None, img_size: int, skip_corrupt: bool) 
     classes = list(DIGIT_CLASSES)
     train, val = ImageListDataset(x_train, y_train, classes), ImageListDataset(x_val, y_val, classes)
     info = DatasetInfo(f'cluttered-digits:{len(train)}', classes, len(train), len(val),
-                       description=f'scikit-learn digits at random positions and scales on a {img_size}px canvas '
-                                   f'over CC0 texture clutter with distractor fragments; train and val drawn from '
-                                   f'disjoint source digits')
+                       description=f'scikit-learn digits, large, bright and centred at random scales on a '
+                                   f'{img_size}px canvas over dark CC0 texture clutter with distractor fragments and '
+                                   f'noise; train and val drawn from disjoint source digits')
     return train, val, info
 
 
@@ -313,7 +313,7 @@ for _kind in (
     DatasetKind('digits', 'classification', '', _digits, "scikit-learn's 1,797 8x8 digits, upscaled",
                 'small-images'),
     DatasetKind('cluttered-digits', 'classification', 'N', _cluttered_digits,
-                'digits at random places and scales over texture clutter (64 px): does not saturate small models',
+                'digits over dark texture clutter with distractor fragments (64 px): does not saturate small models',
                 'small-images'),
     DatasetKind('synthetic', 'classification', 'N',
                 lambda n, size, skip: build_synthetic(img_size=size, num_train=n), 'generated shapes x arrangement',

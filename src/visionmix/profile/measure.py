@@ -11,6 +11,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+
+from ..models.detection import synthetic_targets
 
 __all__ = ['Stats', 'time_calls', 'time_interleaved', 'gemm_peak_gflops', 'TrainStep', 'loss_of', 'num_threads']
 
@@ -135,6 +138,8 @@ def loss_of(out: Any, target: torch.Tensor | None = None) -> torch.Tensor:
     Segmentation maps, feature lists and auxiliary-head tuples all get a loss that reaches every output, so the
     backward pass is the model's full backward.
     """
+    if isinstance(out, dict) and out and all(k.startswith('loss') for k in out):  # a detector's losses: their sum
+        return sum(out.values())
     tensors = _tensors(out)
     if not tensors:
         raise TypeError(f'model output of type {type(out).__name__} holds no floating-point tensor to train on')
@@ -157,7 +162,12 @@ class TrainStep:
 
     def __init__(self, model: nn.Module, x: torch.Tensor, forward: Callable[[torch.Tensor], Any] | None = None):
         self.model = model
-        self.forward = forward if forward is not None else model  # bool() of a compiled module raises
+        run = forward if forward is not None else model  # bool() of a compiled module raises
+        if isinstance(model, GeneralizedRCNN):
+            # torchvision's detectors train only with targets and return their losses: one box and mask per image
+            self.forward = lambda images: run(list(images), synthetic_targets(images))
+        else:
+            self.forward = run
         self.x = x
         self.target = torch.randint(0, 1000, (x.shape[0],))
         params = [p for p in model.parameters() if p.requires_grad]
