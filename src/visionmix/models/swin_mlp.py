@@ -31,6 +31,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 
 from ..errors import VisionmixError
+from ..layers.fused import mlp_residual
 from ..layers.window_mlp import WindowSpatialMlp, stage_window
 from ..checkpoint import unwrapping
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
@@ -75,9 +76,13 @@ class SwinMlpBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.spatial_mlp(self.norm1(x)))
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
-        return x
+        if not (isinstance(self.drop_path1, nn.Identity) and isinstance(self.drop_path2, nn.Identity)):
+            # stochastic depth: the plain formulation
+            x = x + self.drop_path1(self.spatial_mlp(self.norm1(x)))
+            return x + self.drop_path2(self.mlp(self.norm2(x)))
+        # the shortcuts are added where the branches' last copy / GEMM writes their output anyway
+        x = self.spatial_mlp(self.norm1(x), residual=x)
+        return mlp_residual(self.mlp, self.norm2(x), x)
 
 
 class PatchMerging(nn.Module):
