@@ -212,6 +212,16 @@ def _visionmix_commit() -> str:
     return f'{commit} (+ uncommitted changes in src/)' if dirty else commit
 
 
+def _load() -> str:
+    try:
+        return 'load average ' + ', '.join(Path('/proc/loadavg').read_text().split()[:3])
+    except OSError:
+        return 'unknown'
+
+
+_START_LOAD = _load()  # the scripts import this module first thing
+
+
 def _fmt_ratio(r: tuple[float, ...] | None, target: float) -> str:
     if r is None:
         return '-'
@@ -242,11 +252,13 @@ def markdown(title: str, rows: Sequence[Row], args: argparse.Namespace, official
         f'- train step: {TRAIN_STEP}',
         '- memory: peak RSS above the resident model and input (MiB), visionmix / official, one eval forward '
         '(inference_mode) and one first training step (gradients and AdamW state included)',
-        '- fidelity: max |visionmix - official| / max |official| with the same random weights and norm statistics: '
-        'eval logits, train-mode logits (batch statistics), gradient w.r.t. the input (train mode)', '',
+        '- fidelity, with the same random weights and norm statistics on a batch of 2: abs = max |visionmix - '
+        'official| of the eval outputs; rel = that over max |official|, for the eval outputs, the train-mode outputs '
+        '(batch statistics) and the gradient w.r.t. the input (train mode)',
+        f'- machine load (1 / 5 / 15 min) at the start: {_START_LOAD}; at the end: {_load()}', '',
         '| model | input | inference ratio | img/s ours / official | train-step ratio | img/s ours / official '
-        '| fwd peak MiB | train peak MiB | rel diff eval | rel diff train | rel diff grad |',
-        '|---|---|---|---|---|---|---|---|---|---|---|',
+        '| fwd peak MiB | train peak MiB | abs diff eval | rel diff eval | rel diff train | rel diff grad |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     for row in rows:
         f = row.fid
@@ -254,7 +266,7 @@ def markdown(title: str, rows: Sequence[Row], args: argparse.Namespace, official
         lines.append(
             f'| {row.name} | {"x".join(map(str, row.input_size[1:]))} | {_fmt_ratio(row.infer, targets[0])} | '
             f'{speeds[0]} | {_fmt_ratio(row.train, targets[1])} | {speeds[1]} | {_fmt_mem(row, 0)} | '
-            f'{_fmt_mem(row, 1)} | {f.eval_rel:.1e} | {f.train_rel:.1e} | {f.grad_rel:.1e} |')
+            f'{_fmt_mem(row, 1)} | {f.eval_abs:.1e} | {f.eval_rel:.1e} | {f.train_rel:.1e} | {f.grad_rel:.1e} |')
     return '\n'.join(lines) + '\n'
 
 

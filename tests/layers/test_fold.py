@@ -153,10 +153,11 @@ def test_eval_with_gradients_reaches_bn_parameters():
 def test_model_train_mode_output_and_grads_match_unfolded():
     torch.manual_seed(0)
     model = _randomise(visionmix.create_model('hire_mlp_tiny', num_classes=10)).train()
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
     ref_model = copy.deepcopy(model)
     out = model(x)
-    ref = ref_model.stem.act(ref_model.stem.norm(ref_model.stem.conv(x)))
+    ref = ref_model.stem.act(ref_model.stem.norm(ref_model.stem.conv(x_ref)))
     for i, stage in enumerate(ref_model.stages):
         if i:
             d = stage.downsample
@@ -166,7 +167,10 @@ def test_model_train_mode_output_and_grads_match_unfolded():
     ref = ref_model.forward_head(ref)
     assert _rel(out, ref) < 1e-4
     out.logsumexp(1).sum().backward()
+    ref.logsumexp(1).sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    # input gradients through every BN in training mode
+    assert _rel(x.grad, x_ref.grad) < 1e-4
 
 
 # -- the eval memo is invalidated whenever a source changes
