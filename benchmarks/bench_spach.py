@@ -13,11 +13,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import types
 import warnings
 from pathlib import Path
 
+import timm.models.registry
+
 import visionmix
-from visionmix.models.spach import HYBRID_MS_S_ARCH, checkpoint_filter_fn
+from visionmix.models.spach import HYBRID_MS_S_ARCH, VARIANTS, checkpoint_filter_fn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc  # noqa: E402
@@ -61,8 +64,26 @@ def load_official(repo: Path) -> object:
             raise SystemExit(f'the official code needs {e.name}: pip install {e.name}') from None
 
 
-def build_official(official_pkg: object, name: str) -> object:
-    """The official model of variant ``name``, built from its constructor arguments."""
+def load_official_registry(repo: Path) -> types.ModuleType:
+    """The official ``models/registry.py`` (one constructor per variant), kept out of timm's registry."""
+    pkg = types.ModuleType('official_spach_models')
+    pkg.__path__ = [str(repo / 'models')]  # a bare package: its __init__ would register the models in timm
+    sys.modules['official_spach_models'] = pkg
+    original = timm.models.registry.register_model
+    timm.models.registry.register_model = lambda fn: fn
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            return importlib.import_module('official_spach_models.registry')
+    finally:
+        timm.models.registry.register_model = original
+
+
+def build_official(official_pkg: object, name: str, repo: Path) -> object:
+    """The official model of variant ``name``: from the constructor arguments above, else the official registry's
+    function of that name (every variant but S+, which the official code cannot build)."""
+    if name not in OFFICIAL_ARGS:
+        return getattr(load_official_registry(repo), name)()
     cls, kwargs = OFFICIAL_ARGS[name]
     return getattr(official_pkg, cls)(img_size=224, patch_size=16 if cls == 'Spach' else 4, **kwargs)
 
@@ -70,13 +91,14 @@ def build_official(official_pkg: object, name: str) -> object:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('official_repo', type=Path, help='root of a microsoft/SPACH checkout')
-    parser.add_argument('--models', nargs='+', default=DEFAULT_MODELS, choices=sorted(OFFICIAL_ARGS))
+    parser.add_argument('--models', nargs='+', default=DEFAULT_MODELS,
+                        choices=sorted(set(OFFICIAL_ARGS) | set(VARIANTS) - {'spach', 'spach_ms'}))
     bc.add_common_args(parser, 'spach.md')
     args = parser.parse_args(argv)
 
     official_pkg = load_official(args.official_repo)
-    rows = [bc.compare(name, build_official(official_pkg, name), visionmix.create_model(name), checkpoint_filter_fn,
-                       224, args) for name in args.models]
+    rows = [bc.compare(name, build_official(official_pkg, name, args.official_repo), visionmix.create_model(name),
+                       checkpoint_filter_fn, 224, args) for name in args.models]
     commit = bc.official_commit(args.official_repo, args.official_commit)
     bc.write_report(bc.markdown('SPACH: visionmix vs the official code on CPU', rows, args,
                                 [('microsoft/SPACH', commit)], TARGETS), args)
