@@ -350,15 +350,20 @@ _NOTES = ('Segmentation: params at num_classes=1 (not 1000), MACs at 256x256. Lo
           'normalised with the ImageNet mean/std (albumentations Normalize() defaults, as the official pipeline). No '
           'official weights are published. Any H, W: padded to a multiple of 32, logits cropped back.')
 
+# benchmarks/results/unext_fidelity.md
+_MAX_DIFF = {'unext': '2.4e-06', 'unext_s': '8.0e-07'}
+
 
 def _card(name: str, params: int, gmacs: float, paper_gmacs: float | None, extra: str = '') -> ModelCard:
+    max_diff = _MAX_DIFF[name]
     return ModelCard(
         name=name, family='segmentation', paper=_PAPER, arxiv='2203.04967', code_url=_CODE, code_commit=_COMMIT,
         params=params, gmacs=gmacs, paper_gmacs=paper_gmacs, input_size=(3, 256, 256), top1=None,
         top1_source='none (segmentation; paper: ISIC-2018 Dice 89.70 for UNeXt)', mean=IMAGENET_DEFAULT_MEAN,
         std=IMAGENET_DEFAULT_STD, license='mit', notes=_NOTES + extra,
         verified=('params exact at num_classes=1, official layout loads strict, MACs within 2% of the reference, '
-                  'outputs equal the official code (random weights, 256x256 and 224x160, max abs diff < 3e-7)'),
+                  f'outputs equal the official code (same random weights at 256x256, max abs diff {max_diff}: '
+                  'benchmarks/results/unext_fidelity.md)'),
     )
 
 
