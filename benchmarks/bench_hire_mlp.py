@@ -1,11 +1,15 @@
-"""Inference speed of visionmix Hire-MLP vs the official implementation, on CPU, with identical weights.
+"""visionmix Hire-MLP vs the official implementation on CPU, with identical weights: fidelity, memory and speed.
 
 The official code is not part of visionmix: pass the path of a checkout of github.com/ggjy/Hire-Wave-MLP.pytorch.
 Only its ``mlp_based/hire_mlp.py`` is imported (nothing else of it is needed); its ``@register_model`` is kept out of
-timm's registry so it cannot clash with ours.
+timm's registry so it cannot clash with ours, and the helper module it imports from an old timm path is served from
+today's timm. The official constructor prints one line per block; that output is swallowed.
+
+Results: benchmarks/results/hire_mlp.md (see :mod:`bench_common` for what is measured and how).
 
 Usage:
     python benchmarks/bench_hire_mlp.py /path/to/Hire-Wave-MLP.pytorch [--models hire_mlp_tiny ...] [--batch 8]
+        [--threads 2] [--iters 12] [--mode infer|train|both] [--no-memory] [--out FILE.md]
 """
 from __future__ import annotations
 
@@ -13,19 +17,20 @@ import argparse
 import contextlib
 import importlib.util
 import io
-import statistics
 import sys
-import time
 import types
 from pathlib import Path
 
 import timm.layers
 import timm.models.registry
-import torch
-import torch.nn as nn
 
 import visionmix
 from visionmix.models.hire_mlp import checkpoint_filter_fn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as bc  # noqa: E402
+
+TARGETS = (1.25, 1.0)  # inference, train step
 
 
 def load_official(repo: Path) -> types.ModuleType:
@@ -46,69 +51,23 @@ def load_official(repo: Path) -> types.ModuleType:
     return module
 
 
-def random_state(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights and BN statistics, so the comparison does not ride on init values."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, v in model.state_dict().items():
-        if not v.is_floating_point():
-            out[k] = v
-        elif k.endswith('running_var'):
-            out[k] = 0.5 + torch.rand(v.shape, generator=g)
-        else:
-            out[k] = 0.1 * torch.randn(v.shape, generator=g)
-    return out
-
-
-@torch.inference_mode()
-def time_pairs(a: nn.Module, b: nn.Module, x: torch.Tensor, warmup: int, runs: int) -> tuple[list[float], list[float]]:
-    """Time ``a`` and ``b`` alternately, so load from other processes on a shared machine hits both alike."""
-    for _ in range(warmup):
-        a(x)
-        b(x)
-    t_a, t_b = [], []
-    for i in range(runs):
-        for model, times in ((a, t_a), (b, t_b)) if i % 2 == 0 else ((b, t_b), (a, t_a)):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return t_a, t_b
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('official_repo', type=Path, help='checkout of ggjy/Hire-Wave-MLP.pytorch')
     parser.add_argument('--models', nargs='+', default=['hire_mlp_tiny', 'hire_mlp_small'])
-    parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--size', type=int, default=224)
-    parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--warmup', type=int, default=3)
-    parser.add_argument('--runs', type=int, default=10)
+    bc.add_common_args(parser, 'hire_mlp.md')
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
     official = load_official(args.official_repo)
-    x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(1))
-    print(f'torch {torch.__version__}, {args.threads} threads, fp32, batch {args.batch}, {args.size}x{args.size}, '
-          f'{args.runs} alternating runs each')
+    rows = []
     for name in args.models:
         with contextlib.redirect_stdout(io.StringIO()):  # the official constructor prints per block
             ref = getattr(official, name)()
-        state = random_state(ref)
-        ref.load_state_dict(state)
-        ours = visionmix.create_model(name)
-        ours.load_state_dict(checkpoint_filter_fn(state, ours), strict=True)
-        ref.eval()
-        ours.eval()
-        with torch.inference_mode():
-            diff = (ref(x) - ours(x)).abs().max().item()
-        if diff > 1e-4:
-            sys.exit(f'{name}: outputs differ (max abs diff {diff:.3g}); timing would be meaningless')
-        t_ref, t_ours = time_pairs(ref, ours, x, args.warmup, args.runs)
-        ratio = statistics.median(o / r for o, r in zip(t_ours, t_ref))
-        print(f'{name}: max abs diff {diff:.2e} | official {1e3 * statistics.median(t_ref):.1f} ms | '
-              f'visionmix {1e3 * statistics.median(t_ours):.1f} ms | '
-              f'visionmix/official time ratio {ratio:.3f} (median over pairs)')
+        rows.append(bc.compare(name, ref, visionmix.create_model(name), checkpoint_filter_fn, args.size, args))
+    commit = bc.official_commit(args.official_repo, args.official_commit)
+    bc.write_report(bc.markdown('Hire-MLP: visionmix vs the official code on CPU', rows, args,
+                                [('ggjy/Hire-Wave-MLP.pytorch', commit)], TARGETS), args)
 
 
 if __name__ == '__main__':

@@ -9,14 +9,34 @@ An NCHW spatial mixer made of three branches whose outputs are blended by a lear
 
 The rearrangement works at any size: maps whose size is not a multiple of ``region_size`` are padded circularly at
 the end (wrapping more than once when the map is smaller than the pad), and the padding is cropped after mixing.
+
+:class:`HireMlp` computes on channels-last ``(B, H, W, C)`` maps (:meth:`HireMlp.forward_nhwc`; ``forward`` takes and
+returns NCHW tensors and permutes views around it), where every 1x1 conv is one GEMM over all positions and the
+rearrangements cost at most one gather each:
+
+* folding along the width is a free view of the map (a region's ``p`` positions are ``p * C`` consecutive numbers)
+  when there is no shift or padding, and one ``index_select`` (shift, circular padding and fold at once) otherwise;
+  along the height it is always one ``index_select``, into a ``(B, W, rows, C)`` layout whose regions are again
+  consecutive numbers. The region MLP weights are permuted to that ``(position, channel)`` order on the fly.
+* unfolding, cropping and rolling back are never materialised: the branch outputs are added, weighted by the
+  reweighting softmax, into the channel branch through strided views (two slices when the shift wraps).
+* the spatial means that drive the reweighting are taken on the folded outputs (the first ``size`` positions of the
+  folded axis hold every input position exactly once), so ``h + w + c`` is never formed.
+* an eval-mode BatchNorm on the input (the block's ``norm1``) and the BatchNorm inside each region MLP are folded into
+  the adjacent weights (:mod:`visionmix.layers.fold`).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import Mlp, register_notrace_function
 
-__all__ = ['circular_take', 'region_fold', 'region_unfold', 'RegionMlp', 'HireMlp', 'hire_step']
+from .fold import batch_norm_last, bn_folds, bn_sources, cached_fold, fold_bn_after, fold_input_norm
+from .fused import gelu_fast, linear_residual
+
+__all__ = ['circular_take', 'region_fold', 'region_unfold', 'region_fold_nhwc', 'folded_mean', 'add_region_unfold_',
+           'RegionMlp', 'HireMlp', 'PointwiseMlp', 'hire_step']
 
 
 def hire_step(block_idx: int, step_stride: int, step_dilation: int) -> int:
@@ -89,6 +109,107 @@ def region_unfold(x: torch.Tensor, region_size: int, size: int, step: int = 0, d
     return circular_take(x.narrow(dim, 0, size), dim, step, size)
 
 
+@register_notrace_function  # reason: the gather index depends on the input size
+def region_fold_nhwc(x: torch.Tensor, region_size: int, step: int = 0, axis: int = 2) -> torch.Tensor:
+    """:func:`region_fold` on a channels-last map, with the region in the last dimension.
+
+    Args:
+        x: (B, H, W, C).
+        region_size: Tokens per region ``p``.
+        step: Cyclic shift applied before folding.
+        axis: 1 folds rows, 2 folds columns.
+
+    Returns:
+        ``(B, W, R, p * C)`` for ``axis=1``, ``(B, H, R, p * C)`` for ``axis=2`` (``R = ceil(size / p)``); entry
+        ``i * C + c`` of region ``r`` holds channel ``c`` of position ``r * p + i`` of the shifted, circularly padded
+        axis (position-major, where :func:`region_fold` is channel-major).
+    """
+    p = region_size
+    n = x.shape[axis]
+    regions = -(-n // p)
+    if axis == 1:
+        x = x.transpose(1, 2)  # fold the rows as columns of the transposed map: its regions are then contiguous
+    B, other, _, C = x.shape
+    shift = step % n
+    if shift == 0 and regions * p == n:
+        return x.reshape(B, other, regions, p * C)  # a view along the width, one transposing copy along the height
+    # roll by +shift then pad circularly == read positions (j - shift) mod n, for j in [0, regions * p)
+    index = torch.arange(-shift, regions * p - shift, device=x.device) % n
+    return x.index_select(2, index).view(B, other, regions, p * C)
+
+
+def _unfolded(folded: torch.Tensor, channels: int, axis: int) -> torch.Tensor:
+    """The ``(B, H or R*p, W or R*p, C)`` view of a :func:`region_fold_nhwc` layout (uncropped, unrolled)."""
+    B, other, regions, pc = folded.shape
+    x = folded.reshape(B, other, regions * (pc // channels), channels)
+    return x.transpose(1, 2) if axis == 1 else x
+
+
+@register_notrace_function  # reason: which positions are padding depends on the input size
+def folded_mean(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, size: int,
+                region_size: int) -> torch.Tensor:
+    """Per-channel mean over the map of ``region_unfold(F.linear(hidden, weight, bias))``, from ``hidden`` alone.
+
+    The output layer is linear, so the mean of its output is the layer applied to sums of ``hidden``: over all
+    regions for the in-map positions of a region, over all but the last region for the positions that only exist as
+    circular padding (the crop drops them; the roll back is a permutation and does not matter). ``hidden`` has
+    ``C / (2p)`` times the map's numbers, so this is far cheaper than reducing the unfolded map.
+
+    Args:
+        hidden: (B, other, R, K), the region MLP's hidden activations (rows: the other axis, then regions).
+        weight: (p * C, K), output ``i * C + c`` is channel ``c`` of position ``i`` of a region.
+        bias: (p * C,).
+        size: Length of the folded axis before padding.
+        region_size: Positions per region ``p``.
+
+    Returns:
+        (B, C).
+    """
+    _, other, regions, _ = hidden.shape
+    p = region_size
+    total = hidden.sum((1, 2))
+    last = hidden[:, :, -1].sum(1)
+    # positions i >= size - (R - 1) * p of the last region are padding
+    pad = (torch.arange(p, device=hidden.device) >= size - (regions - 1) * p).to(hidden.dtype)
+    sums = total[:, None] - pad[None, :, None] * last[:, None]  # (B, p, K): hidden summed over valid regions
+    w = weight.reshape(p, -1, weight.shape[1])  # (p, C, K)
+    # products and sums rather than a matmul: on pooled vectors this is a reduction, and FLOP counters (which count
+    # matmuls) then report the architecture's MACs, as for a mean over the map
+    out = (sums[:, :, None, :] * w).sum((1, 3)) + ((regions - pad)[:, None] * bias.reshape(p, -1)).sum(0) * other
+    return out / (size * other)
+
+
+@register_notrace_function  # reason: slice bounds depend on the input size
+def add_region_unfold_(out: torch.Tensor, folded: torch.Tensor, weight: torch.Tensor, step: int = 0,
+                       axis: int = 2) -> torch.Tensor:
+    """``out += weight * region_unfold(folded)`` in place, for channels-last maps.
+
+    Unfolding, cropping the circular padding and rolling back by ``step`` are strided views of ``folded``: position
+    ``y`` of the map is position ``(y + step) mod size`` of the folded axis, i.e. two slices when the shift wraps.
+
+    Args:
+        out: (B, H, W, C), accumulated into.
+        folded: A :func:`region_fold_nhwc` layout of the same map (any region size).
+        weight: Broadcastable to ``out``, e.g. (B, 1, 1, C).
+        step: The shift the fold applied.
+        axis: 1 (rows) or 2 (columns), as folded.
+    """
+    n = out.shape[axis]
+    src = _unfolded(folded, out.shape[-1], axis)
+    shift = step % n
+    out.narrow(axis, 0, n - shift).addcmul_(src.narrow(axis, shift, n - shift), weight)
+    if shift:
+        out.narrow(axis, n - shift, shift).addcmul_(src.narrow(axis, 0, shift), weight)
+    return out
+
+
+# fx: these are reached from forward_nhwc / forward_folded, which no module forward calls through __call__, so
+# timm's autowrap (which scans the globals of traced forwards) never sees this module; fx.wrap patches the names
+# here for every symbolic trace
+for _fn in ('region_fold_nhwc', 'folded_mean', 'add_region_unfold_', 'linear_residual', 'gelu_fast'):
+    torch.fx.wrap(_fn)
+
+
 class RegionMlp(nn.Module):
     """Channel MLP over regions folded into channels: (C*p) -> C/2 -> BN -> ReLU -> (C*p), along one axis."""
 
@@ -114,10 +235,50 @@ class RegionMlp(nn.Module):
         self.fc2 = nn.Conv2d(hidden, dim * region_size, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W); the reference formulation (:class:`HireMlp` runs :meth:`forward_folded`)."""
         size = x.shape[self.axis]
         x = region_fold(x, self.region_size, self.step, self.axis)
         x = self.fc2(self.act(self.norm(self.fc1(x))))
         return region_unfold(x, self.region_size, size, self.step, self.axis)
+
+    def folded_weights(self, in_norm: nn.Module | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """fc1 and fc2 as (out, in) matrices in the position-major order of :func:`region_fold_nhwc`.
+
+        An eval-mode BatchNorm on the input (``in_norm``) and, in eval mode, ``norm`` are folded into fc1.
+        """
+        norm = self.norm if bn_folds(self.norm) else None
+        sources = (self.fc1.weight, self.fc2.weight, self.fc2.bias, self.region_size, 'norm', *bn_sources(norm),
+                   'in', *bn_sources(in_norm))
+        return cached_fold(self, 'weights', sources, lambda: self._fold(norm, in_norm))
+
+    def _fold(self, norm: nn.Module | None, in_norm: nn.Module | None
+              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        p = self.region_size
+        w1, b1 = fold_input_norm(self.fc1.weight.flatten(1), self.fc1.bias, in_norm, repeat=p)
+        hidden, dim = w1.shape[0], w1.shape[1] // p
+        if norm is not None:
+            w1, b1 = fold_bn_after(w1, b1, norm)
+        # input channel c * p + i (channel-major, as the official layout) -> i * C + c
+        w1 = w1.reshape(hidden, dim, p).transpose(1, 2).reshape(hidden, p * dim)
+        w2 = self.fc2.weight.reshape(dim, p, hidden).transpose(0, 1).reshape(p * dim, hidden)
+        b2 = self.fc2.bias.reshape(dim, p).t().reshape(p * dim)
+        return w1, b1, w2, b2
+
+    def forward_folded(self, x: torch.Tensor, in_norm: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, W, C) -> the mixed map, still folded (the :func:`region_fold_nhwc` layout), and its mean (B, C).
+
+        Args:
+            x: Channels-last map.
+            in_norm: An eval-mode BatchNorm to apply to ``x`` first, folded into fc1.
+        """
+        w1, b1, w2, b2 = self.folded_weights(in_norm)
+        h = F.linear(region_fold_nhwc(x, self.region_size, self.step, self.axis - 1), w1, b1)
+        if not bn_folds(self.norm):
+            h = batch_norm_last(self.norm, h)
+        h = self.act(h)
+        mean = folded_mean(h, w2, b2, x.shape[self.axis - 1], self.region_size)
+        return F.linear(h, w2, b2), mean
 
     def extra_repr(self) -> str:
         return f'region_size={self.region_size}, step={self.step}, axis={self.axis}'
@@ -149,12 +310,92 @@ class HireMlp(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C = x.shape[:2]
-        h = self.height(x)
-        w = self.width(x)
-        c = self.channel(x)
-        a = self.reweight((h + w + c).mean((2, 3), keepdim=True))
-        # reweight output channel c * 3 + k weights branch k of channel c
-        a = a.reshape(B, C, 3, 1, 1).softmax(dim=2)
-        x = h * a[:, :, 0] + w * a[:, :, 1] + c * a[:, :, 2]
-        return self.proj_drop(self.proj(x))
+        """(B, C, H, W) -> (B, C, H, W), computed channels-last: the result is a permuted view of an NHWC map."""
+        return self.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward_nhwc(self, x: torch.Tensor, in_norm: nn.Module | None = None,
+                     residual: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C).
+
+        Args:
+            x: Channels-last map.
+            in_norm: An eval-mode BatchNorm to apply to ``x`` first, folded into every weight that reads the input
+                (the block's ``norm1``).
+            residual: Added to the output by the projection GEMM itself (the block's shortcut).
+        """
+        B, H, W, C = x.shape
+        h, mean_h = self.height.forward_folded(x, in_norm)
+        w, mean_w = self.width.forward_folded(x, in_norm)
+        channel = self.channel
+        wc, bc = cached_fold(self, 'channel', (channel.weight, channel.bias, *bn_sources(in_norm)),
+                             lambda: fold_input_norm(channel.weight.flatten(1), channel.bias, in_norm))
+        # the channel branch is linear: its mean is the branch applied to the mean of x (a product and a sum, see
+        # folded_mean)
+        mean = mean_h + mean_w + (x.mean((1, 2))[:, None, :] * wc).sum(-1) + bc
+        # reweight output channel c * 3 + k weighs branch k of channel c
+        a = self._reweight(mean).reshape(B, C, 3).softmax(dim=-1)
+        # channel branch times its weight: per-sample weights (B, C, C), so the product costs no pass of its own
+        out = torch.baddbmm((bc * a[..., 2])[:, None], x.reshape(B, H * W, C), wc.t() * a[:, None, :, 2])
+        out = out.view(B, H, W, C)
+        out = add_region_unfold_(out, h, a[:, None, None, :, 0], self.height.step, 1)
+        out = add_region_unfold_(out, w, a[:, None, None, :, 1], self.width.step, 2)
+        wp, bp = self.proj.weight.flatten(1), self.proj.bias
+        if residual is not None and not (self.training and self.proj_drop.p > 0):
+            return linear_residual(residual, out, wp, bp)
+        out = self.proj_drop(F.linear(out, wp, bp))
+        return out if residual is None else residual + out
+
+    def _reweight(self, x: torch.Tensor) -> torch.Tensor:
+        """The reweighting MLP (1x1 convs) on pooled vectors (B, C), as linear layers."""
+        r = self.reweight
+        x = r.drop1(r.act(F.linear(x, r.fc1.weight.flatten(1), r.fc1.bias)))
+        return r.drop2(F.linear(x, r.fc2.weight.flatten(1), r.fc2.bias))
+
+
+class PointwiseMlp(nn.Module):
+    """timm's ``Mlp(use_conv=True)`` (1x1 conv -> act -> 1x1 conv, same keys), computed on channels-last maps.
+
+    On (B, H, W, C) a 1x1 conv is one GEMM over all positions (:func:`torch.nn.functional.linear` with the conv
+    weight as a matrix), with no layout conversion in or out; on CPU that beats an NCHW 1x1 conv.
+
+    Args:
+        in_features: Input channels.
+        hidden_features: Hidden channels.
+        out_features: Output channels (``in_features`` if None).
+        act_layer: Activation; GELU runs in place when no gradient is recorded.
+        drop: Dropout after the activation and after fc2.
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None,
+                 act_layer: type[nn.Module] = nn.GELU, drop: float = 0.) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(in_features, hidden_features, 1)
+        self.act = act_layer()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Conv2d(hidden_features, out_features or in_features, 1)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C_out, H, W), a permuted view of a channels-last result."""
+        return self.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward_nhwc(self, x: torch.Tensor, in_norm: nn.Module | None = None,
+                     residual: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., C) -> (..., C_out).
+
+        Args:
+            x: Channels-last input.
+            in_norm: An eval-mode BatchNorm to apply to ``x`` first, folded into fc1.
+            residual: Added to the output by the fc2 GEMM itself (the block's shortcut).
+        """
+        fc1 = self.fc1
+        w1, b1 = cached_fold(self, 'fc1', (fc1.weight, fc1.bias, *bn_sources(in_norm)),
+                             lambda: fold_input_norm(fc1.weight.flatten(1), fc1.bias, in_norm))
+        x = F.linear(x, w1, b1)
+        x = gelu_fast(x) if type(self.act) is nn.GELU and self.act.approximate == 'none' else self.act(x)
+        x = self.drop1(x)
+        w2, b2 = self.fc2.weight.flatten(1), self.fc2.bias
+        if residual is not None and not (self.training and self.drop2.p > 0):
+            return linear_residual(residual, x, w2, b2)
+        x = self.drop2(F.linear(x, w2, b2))
+        return x if residual is None else residual + x

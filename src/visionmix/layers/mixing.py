@@ -35,9 +35,12 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import Attention, DropPath, LayerScale, Mlp, register_notrace_function, to_2tuple
 
 from ..errors import VisionmixError
+from .fold import cached_fold
+from .fused import mlp_residual
 from .hire import HireMlp, hire_step
 from .shift import AxialShiftMlp
 from .window_mlp import WindowSpatialMlp, stage_window
@@ -315,9 +318,32 @@ class MixingBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
+        if not isinstance(self.drop_path, nn.Identity):  # stochastic depth: the plain formulation
+            shortcut = x
+            if self.token_mixer is not None:
+                x = x + self.drop_path(self.ls1(self.token_mixer(self.norm1(shortcut))))
+            if self.cpe is not None:
+                x = x + self.cpe(shortcut.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        # the same sums with fewer passes over the map: x + cpe(x) is one depthwise conv (identity added to the
+        # kernel's centre tap), the layer scale and the spatial branch meet the sum in one addcmul, and the channel
+        # MLP's fc2 GEMM accumulates onto its shortcut
+        y = self._cpe_residual(x) if self.cpe is not None else x
         if self.token_mixer is not None:
-            x = x + self.drop_path(self.ls1(self.token_mixer(self.norm1(shortcut))))
-        if self.cpe is not None:
-            x = x + self.cpe(shortcut.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+            branch = self.token_mixer(self.norm1(x))
+            y = torch.addcmul(y, branch, self.ls1.gamma) if isinstance(self.ls1, LayerScale) else y + self.ls1(branch)
+        return mlp_residual(self.mlp, self.norm2(y), y)
+
+    def _cpe_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + cpe(x)`` as one depthwise conv whose kernel has 1 added at its centre (a 'same' padded conv)."""
+        cpe = self.cpe
+        weight = cached_fold(self, 'cpe', (cpe.weight,), lambda: _add_centre_tap(cpe.weight, cpe.kernel_size))
+        out = F.conv2d(x.permute(0, 3, 1, 2), weight, cpe.bias, cpe.stride, cpe.padding, cpe.dilation, cpe.groups)
+        return out.permute(0, 2, 3, 1)
+
+
+def _add_centre_tap(weight: torch.Tensor, kernel_size: tuple[int, int]) -> torch.Tensor:
+    """A depthwise kernel plus the identity (1 at the centre tap): ``conv(x, w + id) == x + conv(x, w)``."""
+    kh, kw = kernel_size
+    one = torch.ones_like(weight[:, :, :1, :1])
+    return weight + F.pad(one, (kw // 2, kw - 1 - kw // 2, kh // 2, kh - 1 - kh // 2))

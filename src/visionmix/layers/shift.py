@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 from timm.layers import register_notrace_function
 
+from .fused import gelu_fast, linear_residual
+
 __all__ = ['axial_shift', 'AxialShiftMlp']
 
 
@@ -84,12 +86,16 @@ class AxialShiftMlp(nn.Module):
         self.drop = nn.Dropout(drop)
         self.fc2 = nn.Linear(hidden_dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C); plus ``residual`` if given, added by fc2's GEMM when dropout is inactive."""
         x = self.fc1(axial_shift(x, self.shift_size, dim=1))
         x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        x = self.drop(self.act(x))
-        x = self.fc2(axial_shift(x, self.shift_size, dim=2))
-        return self.drop(x)
+        x = gelu_fast(x) if type(self.act) is nn.GELU and self.act.approximate == 'none' else self.act(x)
+        x = axial_shift(self.drop(x), self.shift_size, dim=2)
+        if residual is not None and (self.drop.p == 0 or not self.training):
+            return linear_residual(residual, x, self.fc2.weight, self.fc2.bias)
+        x = self.drop(self.fc2(x))
+        return x if residual is None else residual + x
 
     def extra_repr(self) -> str:
         return f'shift_size={self.shift_size}'

@@ -91,12 +91,15 @@ def window_spatial_mix(
         bias: torch.Tensor | None,
         window_size: tuple[int, int],
         shift_size: tuple[int, int] = (0, 0),
+        residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mix the tokens of each (shifted) window per head: ``out[i] = sum_j weight[h, i, j] * x[j] + bias[h, i]``.
 
     Padding, window partition and the split into heads are fused into one permute, so the map is copied once into
     a ``(heads, tokens, windows * head_dim)`` layout, mixed by a single batched matmul over heads, and copied once
-    back; padded positions are cropped away.
+    back; padded positions are cropped away. With ``residual`` (a contiguous (B, H, W, C) map) the result is
+    ``residual + mix``; where no crop is needed that add reads the mixed windows in place, so the copy back is the
+    add itself.
 
     Args:
         x: Map of shape (B, H, W, C), C divisible by the number of heads.
@@ -125,10 +128,15 @@ def window_spatial_mix(
         x = torch.bmm(weight, x)
     else:
         x = torch.baddbmm(bias.unsqueeze(-1), weight, x)
-    x = x.view(num_heads, wh, ww, B, nh, nw, head_dim).permute(3, 4, 1, 5, 2, 0, 6).reshape(B, Hp, Wp, C)
-    if Hp != H or Wp != W:
-        x = x[:, top:top + H, left:left + W]
-    return x
+    x = x.view(num_heads, wh, ww, B, nh, nw, head_dim).permute(3, 4, 1, 5, 2, 0, 6)  # (B, nh, wh, nw, ww, heads, d)
+    if Hp == H and Wp == W:
+        if residual is not None and residual.is_contiguous():
+            # the output takes the layout of the contiguous first operand: a plain (B, H, W, C) map
+            return (residual.view(B, nh, wh, nw, ww, num_heads, head_dim) + x).view(B, H, W, C)
+        x = x.reshape(B, H, W, C)
+    else:
+        x = x.reshape(B, Hp, Wp, C)[:, top:top + H, left:left + W]
+    return x if residual is None else residual + x
 
 
 class WindowSpatialMlp(nn.Module):
@@ -175,8 +183,9 @@ class WindowSpatialMlp(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return window_spatial_mix(x, self.weight, self.bias, self.window_size, self.shift_size)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C); plus ``residual`` if given (see :func:`window_spatial_mix`)."""
+        return window_spatial_mix(x, self.weight, self.bias, self.window_size, self.shift_size, residual)
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, ' \

@@ -18,9 +18,9 @@ strictly. Differences from it:
   separate arguments; the official code overwrites the second with the first. Stochastic depth on the tokens drops
   whole samples (the official ``(T, B, D)`` layout made timm's ``DropPath`` drop single tokens).
 * Nothing is printed on construction.
-* Faster on CPU (1.2-1.3x inference, 1.3-1.5x per training step, benchmarks/results/mobile_former_unext.md): the
-  bridges lay attention scores out (tokens, pixels), the dynamic ReLU is a product and a PReLU, and in eval mode the
-  conv + BN pairs fold BN into the conv weights.
+* Faster on CPU than the official code (benchmarks/results/mobile_former.md, 2 threads; all seven variants at 1 thread
+  in mobile_former_unext.md): the bridges lay attention scores out (tokens, pixels), the dynamic ReLU is a product
+  and a PReLU, and in eval mode the conv + BN pairs fold BN into the conv weights.
 * ``forward_features`` returns the head's map with token 0 broadcast as ``token_dim`` extra channels, so that the
   head (and ``forward_head``) needs nothing but that map: ``num_features = 6 * C_last + token_dim``.
   The head is pooling, a hidden layer (``head_hidden_size``: 1024 to 1920) and the classifier; as in timm,

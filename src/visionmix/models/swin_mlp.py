@@ -31,6 +31,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 
 from ..errors import VisionmixError
+from ..layers.fused import mlp_residual
 from ..layers.window_mlp import WindowSpatialMlp, stage_window
 from ..checkpoint import unwrapping
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
@@ -75,9 +76,13 @@ class SwinMlpBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.spatial_mlp(self.norm1(x)))
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
-        return x
+        if not (isinstance(self.drop_path1, nn.Identity) and isinstance(self.drop_path2, nn.Identity)):
+            # stochastic depth: the plain formulation
+            x = x + self.drop_path1(self.spatial_mlp(self.norm1(x)))
+            return x + self.drop_path2(self.mlp(self.norm2(x)))
+        # the shortcuts are added where the branches' last copy / GEMM writes their output anyway
+        x = self.spatial_mlp(self.norm1(x), residual=x)
+        return mlp_residual(self.mlp, self.norm2(x), x)
 
 
 class PatchMerging(nn.Module):
@@ -454,7 +459,7 @@ def _card(name: str, params: int, gmacs: float, size: int, top1: float, paper_gm
     # official_gflops: the official model's flops() (its MAC count); max_diff: logits vs the official model
     verified = (f'params exact (= official model); GMACs {gmacs} vs official flops() {official_gflops} '
                 f'({(gmacs / official_gflops - 1) * 100:+.1f}%); logits equal the official model with the same random '
-                f'weights at batch 2, max abs diff {max_diff}')
+                f'weights at batch 2, max abs diff {max_diff} (benchmarks/results/swin_mlp_fidelity.md)')
     return ModelCard(
         name=name, family='mlp', paper=_PAPER, arxiv='2103.14030', code_url=_CODE_URL, code_commit=_CODE_COMMIT,
         params=params, gmacs=gmacs, input_size=(3, size, size), top1=top1, top1_source=_TOP1_SOURCE,
@@ -463,10 +468,10 @@ def _card(name: str, params: int, gmacs: float, size: int, top1: float, paper_gm
 
 
 _CARDS = {c.name: c for c in (
-    _card('swin_mlp_tiny_c24_patch4_window8_256', 20_386_632, 4.027, 256, 79.4, 4.0, 4.032, '1.0e-6'),
-    _card('swin_mlp_tiny_c12_patch4_window8_256', 21_152_072, 4.027, 256, 79.6, 4.0, 4.032, '9.5e-7'),
-    _card('swin_mlp_tiny_c6_patch4_window8_256', 22_682_952, 4.027, 256, 79.7, 4.0, 4.032, '9.5e-7'),
-    _card('swin_mlp_base_patch4_window7_224', 60_659_416, 10.412, 224, 81.3, 10.4, 10.420, '0'),
+    _card('swin_mlp_tiny_c24_patch4_window8_256', 20_386_632, 4.027, 256, 79.4, 4.0, 4.032, '6.6e-07'),
+    _card('swin_mlp_tiny_c12_patch4_window8_256', 21_152_072, 4.027, 256, 79.6, 4.0, 4.032, '5.4e-07'),
+    _card('swin_mlp_tiny_c6_patch4_window8_256', 22_682_952, 4.027, 256, 79.7, 4.0, 4.032, '4.8e-07'),
+    _card('swin_mlp_base_patch4_window7_224', 60_659_416, 10.412, 224, 81.3, 10.4, 10.420, '6.0e-07'),
 )}
 
 
