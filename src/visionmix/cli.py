@@ -433,9 +433,9 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     if results['task'] == 'segmentation' and not args.no_erf:
         from .analysis.study_erf import add_erf_section
 
-        for note in add_erf_section(results, Path(args.output)):
+        for note in add_erf_section(results, Path(results['output'])):
             console.print(f'note: {note}', style='yellow', highlight=False)
-        console.print(f'receptive fields: {Path(args.output) / "erf.png"}', highlight=False)
+        console.print(f'receptive fields: {Path(results["output"]) / "erf.png"}', highlight=False)
     return 0
 
 
@@ -453,7 +453,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--img-size', type=size_arg, metavar='N|HxW')
     p.add_argument('--config', metavar='FILE.yaml', help='recipe file replacing the study recipe keys it sets')
     p.add_argument('--set', action='append', metavar='KEY=VALUE', help='override a recipe key')
-    p.add_argument('--output', default='runs/compare', help='report directory (default runs/compare)')
+    p.add_argument('--output', help='report directory (default runs/compare, or runs/compare-TASK for another task)')
     p.add_argument('--no-profile', action='store_true', help='skip profiling (no params/MACs/img/s columns)')
     p.add_argument('--jobs', type=int, help='runs trained at once, one process and one thread each (default: one per '
                                             'core, at most 2); their epoch lines go to console.log in each run')

@@ -152,7 +152,7 @@ def compare(
         img_size: int | None = None,
         config: str | Path | None = None,
         overrides: dict[str, Any] | None = None,
-        output: str | Path = 'runs/compare',
+        output: str | Path | None = None,
         profile: bool = True,
         console: Console | None = None,
         command: str | None = None,
@@ -176,7 +176,7 @@ def compare(
     started = time.perf_counter()
     entries, notes, task = _study_entries(models, task)
     recipe, seeds = shared_recipe(STUDIES[task][1], dataset, epochs, img_size, config, overrides, seeds)
-    out = Path(output)
+    out = Path(output) if output is not None else default_output(task)
     record = claim_output(out, recipe, seeds, entries)
     console.print(f'compare: {len(entries)} models x {len(seeds)} seed(s) on {recipe.dataset} at '
                   f'{size_str(recipe.img_size)}, {recipe.epochs} epochs each, {jobs} run(s) at a time -> {out}',
@@ -186,7 +186,7 @@ def compare(
     for entry in entries:  # profiled one at a time, after the training: timings taken on a machine at rest
         prof = _profile(entry, recipe, out / safe_label(entry.label), seeds[0]) if profile else {}
         rows.append(_row(entry, [summaries[entry.label, seed] for seed in seeds], prof))
-    results = dict(command=command or 'visionmix compare', task=task, dataset=recipe.dataset,
+    results = dict(command=command or 'visionmix compare', task=task, output=str(out), dataset=recipe.dataset,
                    img_size=recipe.to_dict()['img_size'],
                    epochs=recipe.epochs, seeds=seeds, recipe=record['recipe'],
                    elapsed_seconds=time.perf_counter() - started, notes=notes, models=rows)
@@ -194,6 +194,11 @@ def compare(
     console.print(results_table(rows))
     console.print(f'report: {out / "report.md"} ({results["elapsed_seconds"]:.0f}s this invocation)', highlight=False)
     return results
+
+
+def default_output(task: str) -> Path:
+    """``runs/compare`` for classification, ``runs/compare-<task>`` otherwise (so the studies do not collide)."""
+    return Path('runs/compare' if task == 'classification' else f'runs/compare-{task}')
 
 
 def _study_entries(models: list[StudyEntry] | None, task: str | None) -> tuple[list[StudyEntry], list[str], str]:
