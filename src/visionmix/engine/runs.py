@@ -104,12 +104,8 @@ class Eta:
 
 def train_one(entry: StudyEntry, recipe: TrainConfig, seed: int, run_dir: Path, tag: str,
                console: Console) -> dict[str, Any]:
-    """One model and seed: reuse a finished run, resume an interrupted one, else train it."""
-    if (run_dir / SUMMARY_FILE).is_file():
-        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-        console.print(f'{tag}: done before, {summary["metric"]} {summary[summary["metric"]]:.2f}% (skipped)',
-                      highlight=False)
-        return summary
+    """One unfinished model and seed: resume an interrupted run, else train it (finished runs are read back by
+    :func:`train_grid` and never reach here)."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     cfg = load_config(overrides=dict(recipe.to_dict(), model=entry.model, model_kwargs=entry.kwargs, seed=seed,
                                      output=str(run_dir)))
