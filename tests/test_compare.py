@@ -110,3 +110,17 @@ def test_pareto_plot_names_every_model_in_a_legend_outside_the_axes(n_close, n_f
 
 def test_point_styles_are_distinct_for_sixty_models():
     assert len({(point_style(i)['color'], point_style(i)['marker']) for i in range(60)}) == 60
+
+
+def test_ctrl_c_in_compare_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    from visionmix.engine import runs
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, 'train_one', interrupted)
+    argv = ['compare', '--models', 'spach_ms:{net_arch: [[pass, 1]], embed_dim: 8}', '--epochs', '1', '--jobs', '1',
+            '--no-profile', '--output', str(tmp_path / 'cmp')]
+    assert main(argv) == 130
+    out = capsys.readouterr().out
+    assert 'interrupted: finished runs and finished epochs are kept' in out and 'Traceback' not in out

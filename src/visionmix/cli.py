@@ -421,15 +421,25 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 # ------------------------------------------------------------------------------------------------------ compare
 
+def _grid_interrupted(console: Console) -> int:
+    """Ctrl-C in a command that trains a grid of runs (compare, study): one line; a re-run picks up where it was."""
+    console.print('interrupted: finished runs and finished epochs are kept; run the same command again to resume',
+                  style='yellow', highlight=False, soft_wrap=True)
+    return EXIT_INTERRUPTED
+
+
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from .engine.compare import command_line, compare, parse_model_arg
     from .engine.config import parse_overrides
 
     entries = [parse_model_arg(m) for m in args.models] if args.models else None
-    results = compare(entries, dataset=args.dataset, epochs=args.epochs, seeds=args.seeds, img_size=args.img_size,
-                      config=args.config, overrides=parse_overrides(args.set), output=args.output,
-                      profile=not args.no_profile, console=console, command=command_line(), task=args.task,
-                      jobs=args.jobs)
+    try:
+        results = compare(entries, dataset=args.dataset, epochs=args.epochs, seeds=args.seeds,
+                          img_size=args.img_size, config=args.config, overrides=parse_overrides(args.set),
+                          output=args.output, profile=not args.no_profile, console=console, command=command_line(),
+                          task=args.task, jobs=args.jobs)
+    except KeyboardInterrupt:
+        return _grid_interrupted(console)
     if results['task'] == 'segmentation' and not args.no_erf:
         from .analysis.study_erf import add_erf_section
 
@@ -508,9 +518,7 @@ def cmd_study(args: argparse.Namespace, console: Console) -> int:
                            epochs=args.epochs, img_size=args.img_size, overrides=parse_overrides(args.set),
                            jobs=args.jobs, console=console, command=command_line())
     except KeyboardInterrupt:
-        console.print('interrupted: finished runs and finished epochs are kept; run the same command again to '
-                      'resume', style='yellow', highlight=False, soft_wrap=True)
-        return EXIT_INTERRUPTED
+        return _grid_interrupted(console)
     return 0
 
 

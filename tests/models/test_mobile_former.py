@@ -8,7 +8,9 @@ import visionmix
 from visionmix.checkpoint import unwrap_state_dict
 from official_keys import read_official_keys
 from visionmix.layers.bridge import Former, FormerToMobile, MobileToFormer
-from visionmix.models.mobile_former import ConvBn, MobileFormer, channel_shuffle, checkpoint_filter_fn
+from visionmix.layers.dyrelu import DynamicReLU
+from visionmix.models.mobile_former import (ConvBn, MobileFormer, channel_shuffle, checkpoint_filter_fn,
+                                            conv_dynamic_relu)
 from visionmix.profile import count_macs, count_params
 
 SMALL = 'mobile_former_26m'
@@ -245,6 +247,51 @@ def test_conv_bn_eval_fold_equals_conv_then_bn():
         out = block(x)
         assert torch.allclose(out.mean((0, 2, 3)), block.bn.bias, atol=1e-5)
         assert not torch.equal(before, block.bn.running_mean)
+
+
+@pytest.mark.parametrize('in_chs,out_chs,stride,dilation', [(8, 8, 1, 1), (8, 16, 2, 1), (6, 24, 1, 2)])
+def test_depthwise_conv_takes_the_dynamic_relu_scale(in_chs, out_chs, stride, dilation):
+    # eval: the activation's per-sample positive slope goes into per-sample depthwise weights (channel multiplier
+    # out / in incl.); the result must equal the conv, then the dynamic ReLU
+    torch.manual_seed(0)
+    conv = ConvBn(in_chs, out_chs, 3, stride, groups=in_chs, dilation=dilation)
+    act = DynamicReLU(out_chs, 16)
+    with torch.no_grad():
+        conv.bn.running_mean.uniform_(-1, 1)
+        conv.bn.running_var.uniform_(0.5, 2)
+        act.fc2.bias.uniform_(-3, 3)  # slopes of both signs, some hard-sigmoids saturated
+    conv.eval()
+    x, token, scale = torch.randn(3, in_chs, 10, 9), torch.randn(3, 16), torch.rand(3, out_chs)
+    assert conv.scales_by_sample()
+    assert torch.allclose(conv.forward_scaled(x, scale), conv(x) * scale[:, :, None, None], atol=1e-5)
+    assert torch.allclose(conv_dynamic_relu(conv, act, x, token), act(conv(x), token), atol=1e-5)
+    conv.train()  # training: the plain path (batch statistics), gradients reach every parameter
+    assert not conv.scales_by_sample()
+    conv_dynamic_relu(conv, act, x, token).square().sum().backward()
+    assert all(p.grad is not None for p in (*conv.parameters(), *act.parameters()))
+    assert not ConvBn(8, 16, 3, groups=2).eval().scales_by_sample()  # not depthwise: the plain path
+
+
+@pytest.mark.parametrize('name', ['mobile_former_26m', 'mobile_former_151m'])  # grouped + shuffled / ungrouped
+def test_fused_eval_path_equals_the_plain_one(name, monkeypatch):
+    from visionmix.models import mobile_former
+
+    torch.manual_seed(0)
+    model = visionmix.create_model(name, num_classes=10).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fused = model(x)
+        with torch.enable_grad():  # eval with gradients (receptive-field maps): the same outputs, and a gradient
+            xg = x.clone().requires_grad_()
+            assert torch.allclose(model(xg), fused, rtol=1e-5, atol=1e-6)
+        monkeypatch.setattr(mobile_former, 'is_tracing', lambda: True)  # what tracers and exporters get
+        plain = model(x)
+    assert torch.allclose(fused, plain, rtol=1e-5, atol=1e-6)
+    assert (fused - plain).abs().max() > 0  # the two paths did differ in their arithmetic
 
 
 def test_timm_create_model():

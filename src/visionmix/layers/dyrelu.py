@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
-__all__ = ['DynamicReLU', 'two_piece_activation']
+__all__ = ['DynamicReLU', 'two_piece_activation', 'split_slopes', 'prelu_per_sample']
 
 
 class DynamicReLU(nn.Module):
@@ -54,15 +54,16 @@ class DynamicReLU(nn.Module):
         """The raw hyper-function output ``hsigmoid(fc2(relu(fc1(token))))``, shape (B, num_func * channels)."""
         return F.hardsigmoid(self.fc2(self.act(self.fc1(token))))
 
+    def slopes(self, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two pieces' slopes ``(a1, a2)``, each (B, channels), of a two-piece activation (``num_func == 2``)."""
+        a1, a2 = self.coefficients(token).chunk(2, dim=1)
+        return (a1 - 0.5) * self.scale + 1., (a2 - 0.5) * self.scale
+
     def forward(self, x: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
         """Activate ``x`` (B, C, H, W) with coefficients predicted from ``token`` (B, token_dim)."""
-        h = self.coefficients(token)
         if self.num_func == 1:
-            return x * (h * self.scale)[:, :, None, None]
-        a1, a2 = h.chunk(2, dim=1)
-        a1 = (a1 - 0.5) * self.scale + 1.
-        a2 = (a2 - 0.5) * self.scale
-        return two_piece_activation(x, a1, a2)
+            return x * (self.coefficients(token) * self.scale)[:, :, None, None]
+        return two_piece_activation(x, *self.slopes(token))
 
     def extra_repr(self) -> str:
         return f'channels={self.channels}, num_func={self.num_func}, scale={self.scale}'
@@ -79,10 +80,20 @@ def two_piece_activation(x: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor) ->
     ``hi`` is clamped to 1e-12 so that ``hi == 0`` (a saturated hard-sigmoid) stays finite; the positive side is then
     off by ``1e-12 * x``.
     """
-    B, C, H, W = x.shape
     if not x.is_contiguous():
         return torch.maximum(x * a1[:, :, None, None], x * a2[:, :, None, None])
+    hi, ratio = split_slopes(a1, a2)
+    return prelu_per_sample(x * hi[:, :, None, None], ratio)
+
+
+def split_slopes(a1: torch.Tensor, a2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hi, ratio)`` with ``max(x * a1, x * a2) == prelu(x * hi, ratio)``: ``hi = max(a1, a2)`` (clamped to 1e-12,
+    see :func:`two_piece_activation`) and ``ratio = min(a1, a2) / hi``."""
     hi = torch.maximum(a1, a2).clamp_min(1e-12)
-    lo = torch.minimum(a1, a2)
-    y = x * hi[:, :, None, None]
-    return F.prelu(y.reshape(1, B * C, H, W), (lo / hi).reshape(B * C)).reshape(B, C, H, W)
+    return hi, torch.minimum(a1, a2) / hi
+
+
+def prelu_per_sample(y: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+    """PReLU of a contiguous map ``y`` (B, C, H, W) with a per-sample, per-channel negative ``slope`` (B, C)."""
+    B, C, H, W = y.shape
+    return F.prelu(y.reshape(1, B * C, H, W), slope.reshape(B * C)).reshape(B, C, H, W)

@@ -29,11 +29,17 @@ from torch.fx import _symbolic_trace
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ['bn_folds', 'bn_scale_shift', 'fold_bn_after', 'fold_bn_before', 'fold_input_norm', 'bn_sources',
-           'cached_fold', 'batch_norm_last']
+           'cached_fold', 'batch_norm_last', 'is_tracing']
 
 T = TypeVar('T')
 # fx's symbolic tracing only (the general is_fx_tracing warns that it also covers torch.export)
 _fx_tracing = getattr(_symbolic_trace, 'is_fx_symbolic_tracing', _symbolic_trace.is_fx_tracing)
+
+
+def is_tracing() -> bool:
+    """True while torch.compile, torch.export, fx or the jit tracer records the model rather than running it."""
+    return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or _fx_tracing()
+            or torch.jit.is_tracing())
 
 
 def bn_folds(bn: nn.Module) -> bool:
@@ -120,7 +126,7 @@ def cached_fold(owner: nn.Module, name: str, sources: Sequence[Any], compute: Ca
         sources: Every tensor (and scalar) ``compute`` reads.
         compute: Builds the folded tensors.
     """
-    if torch.is_grad_enabled() or torch.compiler.is_compiling() or _fx_tracing() or torch.jit.is_tracing():
+    if torch.is_grad_enabled() or is_tracing():
         return compute()
     key = _key(sources)
     if key is None:

@@ -20,7 +20,9 @@ strictly. Differences from it:
 * Nothing is printed on construction.
 * Faster on CPU than the official code (benchmarks/results/mobile_former.md, 2 threads; all seven variants at 1 thread
   in mobile_former_unext.md): the bridges lay attention scores out (tokens, pixels), the dynamic ReLU is a product
-  and a PReLU, and in eval mode the conv + BN pairs fold BN into the conv weights.
+  and a PReLU, and in eval mode the conv + BN pairs fold BN into the conv weights (computed once while no gradient
+  is recorded) and the dynamic ReLU's per-sample scale rides on the depthwise conv or the channel shuffle's copy
+  (:func:`conv_dynamic_relu`) instead of a pass of its own.
 * ``forward_features`` returns the head's map with token 0 broadcast as ``token_dim`` extra channels, so that the
   head (and ``forward_head``) needs nothing but that map: ``num_features = 6 * C_last + token_dim``.
   The head is pooling, a hidden layer (``head_hidden_size``: 1024 to 1920) and the classifier; as in timm,
@@ -47,7 +49,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import VisionmixError
 from ..layers.bridge import Former, FormerToMobile, MobileToFormer
-from ..layers.dyrelu import DynamicReLU
+from ..layers.dyrelu import DynamicReLU, prelu_per_sample, split_slopes
+from ..layers.fold import bn_folds, bn_sources, cached_fold, fold_bn_after, is_tracing
 from ..checkpoint import unwrapping
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
 from ..layers.stride import plan_stages
@@ -81,15 +84,65 @@ class ConvBn(nn.Module):
                               groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_chs)
 
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight and bias of the conv with the eval-mode BN folded in (memoised during inference)."""
+        return cached_fold(self, 'bn', (self.conv.weight, *bn_sources(self.bn)),
+                           lambda: fold_bn_after(self.conv.weight, None, self.bn))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or not self.bn.track_running_stats:
+        if not bn_folds(self.bn):
             return self.bn(self.conv(x))
         # eval: fold the BN affine into the conv weights (tiny tensors) instead of a second pass over the map
-        bn, conv = self.bn, self.conv
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        weight = conv.weight * scale[:, None, None, None]
-        bias = bn.bias - bn.running_mean * scale
+        weight, bias = self.folded()
+        conv = self.conv
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    def scales_by_sample(self) -> bool:
+        """Whether :meth:`forward_scaled` folds its scale into the weights: eval mode, a depthwise conv (one input
+        channel per group: per-sample weights then cost one conv over ``B * C`` channels, as the shared ones do),
+        and eager execution (tracers and exporters want the batch size out of the conv's group count)."""
+        return bn_folds(self.bn) and self.conv.in_channels == self.conv.groups and not is_tracing()
+
+    def forward_scaled(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``self(x) * scale[:, :, None, None]`` for a per-sample, per-channel ``scale`` (B, C_out).
+
+        With :meth:`scales_by_sample`, each sample gets its own copy of the (small) folded weights times its scale
+        and the batch runs as one grouped conv, so the map is written once instead of written and then rescaled.
+        """
+        if not self.scales_by_sample():
+            return self(x) * scale[:, :, None, None]
+        weight, bias = self.folded()
+        conv = self.conv
+        B, _, H, W = x.shape
+        weight = (weight[None] * scale[:, :, None, None, None]).flatten(0, 1)  # B * C_out, 1, k, k
+        out = F.conv2d(x.reshape(1, -1, H, W), weight, (bias * scale).flatten(), conv.stride, conv.padding,
+                       conv.dilation, conv.groups * B)
+        return out.reshape(B, -1, *out.shape[-2:])
+
+
+def conv_dynamic_relu(conv: ConvBn, act: DynamicReLU, x: torch.Tensor, token: torch.Tensor, shuffle: int = 1,
+                      ) -> torch.Tensor:
+    """``act(channel_shuffle(conv(x), shuffle), token)`` with fewer passes over the map in eval inference.
+
+    The dynamic ReLU is ``prelu(y * hi, ratio)`` (:func:`split_slopes`). Without a shuffle after a depthwise conv,
+    the per-sample scale ``hi`` goes into the conv's weights (:meth:`ConvBn.forward_scaled`); with a shuffle, the
+    shuffle's copy and the scaling are one pass (the shuffled view is read, a contiguous map written).
+    """
+    if act.num_func != 2 or not bn_folds(conv.bn) or is_tracing():
+        y = conv(x)
+        return act(channel_shuffle(y, shuffle) if shuffle > 1 else y, token)
+    hi, ratio = split_slopes(*act.slopes(token))
+    if shuffle == 1:
+        return prelu_per_sample(conv.forward_scaled(x, hi), ratio)
+    y = conv(x)
+    B, C, H, W = y.shape
+    shuffled = y.reshape(B, shuffle, C // shuffle, H, W).transpose(1, 2)  # a view: (B, C / g, g, H, W)
+    scale = hi.reshape(B, C // shuffle, shuffle, 1, 1)
+    if torch.is_grad_enabled():  # out= does not record gradients
+        scaled = (shuffled * scale).reshape(B, C, H, W)
+    else:
+        scaled = torch.mul(shuffled, scale, out=y.new_empty(shuffled.shape)).reshape(B, C, H, W)
+    return prelu_per_sample(scaled, ratio)
 
 
 class Bridges(nn.Module):
@@ -167,8 +220,8 @@ class DnaBlock(nn.Module):
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.bridges.former(self.bridges.mobile_to_former(x, tokens))
         token = tokens[:, 0]
-        out = self.act1(self._shuffle(self.conv1(x)), token)
-        out = self.act2(self.conv2(out), token)
+        out = conv_dynamic_relu(self.conv1, self.act1, x, token, self.group_num)
+        out = conv_dynamic_relu(self.conv2, self.act2, out, token)
         out = self._shuffle(self.conv3(out))
         if self.has_skip:
             out = self.drop_path(out) + x
@@ -234,9 +287,10 @@ class DnaBlock3(nn.Module):
             return (out + x if self.has_skip else out), tokens
         tokens = self.bridges.former(self.bridges.mobile_to_former(x, tokens))
         token = tokens[:, 0]
-        out = self.act1(self._shuffle(self.conv1(x), self.in_chs), token)
-        out_cp = self.conv2(out)
-        out = self.act3(self._shuffle(self.conv3(out_cp), self.out_chs), token)
+        # after a depthwise conv the official code shuffles with groups = its input channels
+        shuffle_in, shuffle_out = (self.in_chs, self.out_chs) if self.group_num > 1 else (1, 1)
+        out_cp = self.conv2(conv_dynamic_relu(self.conv1, self.act1, x, token, shuffle_in))
+        out = conv_dynamic_relu(self.conv3, self.act3, out_cp, token, shuffle_out)
         out = self.drop_path(self.conv4(out)) + out_cp
         out = self.bridges.former_to_mobile(out, tokens)
         return (out + x if self.has_skip else out), tokens
