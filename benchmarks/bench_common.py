@@ -276,8 +276,8 @@ def markdown(title: str, rows: Sequence[Row], args: argparse.Namespace, official
         f'- visionmix commit: {_visionmix_commit()}',
         *(f'- official: {label} at commit {commit}' for label, commit in official),
         f'- measured {datetime.date.today().isoformat()} on {_cpu_name()} ({platform.machine()}), torch '
-        f'{torch.__version__}, {args.threads} threads, fp32, batch {args.batch}; shared machine (other jobs '
-        f'running): only the interleaved ratios are meaningful, absolute img/s are not',
+        f'{torch.__version__}, {args.threads} threads, fp32, batch {args.batch}; absolute img/s '
+        f'move with the machine (other jobs, clocks; see the load below), only the interleaved ratios compare',
         f'- speed: visionmix and official interleaved A B A B in one process, {args.warmup} warm-up and '
         f'{args.iters} timed pairs; the ratio is the median (IQR) of the per-pair throughput ratios, above 1 = '
         f'visionmix faster; targets: inference >= {targets[0]:.2f}x, train step >= {targets[1]:.2f}x',

@@ -4,7 +4,9 @@
 ``onnxruntime_model`` exports any ``nn.Module`` first (checked against eager, see
 :func:`~visionmix.deploy.export.export_model`). :func:`backend_runner` gives one callable per backend, so
 ``predict`` and ``profile`` treat them alike, and :func:`compare_backends` times them interleaved on one input.
-OpenVINO is not offered: it is not a dependency, and onnxruntime's CPU provider covers the same ground here.
+OpenVINO is not offered: measured on the same ONNX files (``benchmarks/bench_openvino.py``, results in
+``benchmarks/results/openvino.md``; batch 8, 2 threads) it ran Mobile-Former-26M at 0.50x and SPACH-MS-XXS conv at
+0.67x onnxruntime's speed, Hire-MLP-Tiny and Swin-MLP-Tiny at 1.03x / 1.06x: too little to carry a second runtime.
 """
 from __future__ import annotations
 
