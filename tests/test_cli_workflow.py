@@ -135,13 +135,16 @@ def test_predict_takes_folders_and_globs_and_skips_unreadable_images(tmp_path, c
 
 def test_ctrl_c_is_one_line_exit_130_and_the_run_resumes(tmp_path):
     run = tmp_path / 'run'
-    cmd = [sys.executable, '-m', 'visionmix', 'train', '--model', 'SPACH-Conv', '--dataset', 'synthetic:256',
+    # epochs of a few seconds: the interrupt must land while the run still has epochs to go (at 256 images an epoch
+    # took 0.4 s on a quiet machine and the run sometimes finished before the signal arrived)
+    cmd = [sys.executable, '-m', 'visionmix', 'train', '--model', 'SPACH-Conv', '--dataset', 'synthetic:2048',
            '--epochs', '3', '--batch-size', '8', '--threads', '1', '--output', str(run)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, HF_HUB_OFFLINE='1'))
     deadline = time.time() + 300
     while not (run / 'checkpoints' / 'state.pt').is_file() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
+    assert proc.poll() is None, 'the run ended before it could be interrupted'
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out[-500:], err[-2000:])
