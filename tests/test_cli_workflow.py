@@ -139,8 +139,11 @@ def test_ctrl_c_is_one_line_exit_130_and_the_run_resumes(tmp_path):
     # took 0.4 s on a quiet machine and the run sometimes finished before the signal arrived)
     cmd = [sys.executable, '-m', 'visionmix', 'train', '--model', 'SPACH-Conv', '--dataset', 'synthetic:2048',
            '--epochs', '3', '--batch-size', '8', '--threads', '1', '--output', str(run)]
+    # a pytest-xdist worker may ignore SIGINT, and an ignored signal stays ignored in its children (Python then
+    # installs no KeyboardInterrupt handler): give the run the default disposition a terminal would
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, HF_HUB_OFFLINE='1'))
+                            env=dict(os.environ, HF_HUB_OFFLINE='1'),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (run / 'checkpoints' / 'state.pt').is_file() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)

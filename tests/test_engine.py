@@ -205,7 +205,9 @@ def test_tensorboard_event_files_hold_every_epoch_scalar(tmp_path):
     assert {'train/loss', 'train/top1', 'val/loss', 'val/top1', 'val/top5', 'lr', 'img_s'} <= set(
         acc.Tags()['scalars'])
     for column in columns:
-        events = acc.Scalars(tensorboard_tag(column))
+        # file order within one second is name order, and the names end in a per-process counter ('10' < '9'):
+        # order by step, as TensorBoard plots them
+        events = sorted(acc.Scalars(tensorboard_tag(column)), key=lambda e: e.step)
         assert [e.step for e in events] == [1, 2, 3], column
         # metrics.csv is written for people (6 significant digits); the events keep float32
         assert [e.value for e in events] == pytest.approx([float(r[column]) for r in rows], rel=1e-5), column
