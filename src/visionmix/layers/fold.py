@@ -25,11 +25,12 @@ from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.fx import _symbolic_trace
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ['bn_folds', 'bn_scale_shift', 'fold_bn_after', 'fold_bn_before', 'fold_input_norm', 'bn_sources',
-           'cached_fold', 'batch_norm_last', 'is_tracing']
+           'cached_fold', 'batch_norm_last', 'is_tracing', 'folded_conv_bn', 'conv_bn']
 
 T = TypeVar('T')
 # fx's symbolic tracing only (the general is_fx_tracing warns that it also covers torch.export)
@@ -139,6 +140,21 @@ def cached_fold(owner: nn.Module, name: str, sources: Sequence[Any], compute: Ca
     # the sources stay referenced by the memo, so no other tensor can take their ids while the entry lives
     memo[name] = (key, value, tuple(sources))
     return value
+
+
+def folded_conv_bn(conv: nn.Conv2d, bn: _BatchNorm, owner: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``bn(conv(x))`` with the eval-mode ``bn`` folded into ``conv`` (memoised on ``owner``)."""
+    return cached_fold(owner, 'conv_bn', (conv.weight, conv.bias, *bn_sources(bn)),
+                       lambda: fold_bn_after(conv.weight, conv.bias, bn))
+
+
+def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, owner: nn.Module) -> torch.Tensor:
+    """``bn(conv(x))``; an eval-mode BatchNorm is folded into the conv weights (:func:`folded_conv_bn`) instead of
+    making a pass of its own over the map."""
+    if not bn_folds(bn):
+        return bn(conv(x))
+    weight, bias = folded_conv_bn(conv, bn, owner)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 def batch_norm_last(bn: _BatchNorm, x: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from ..errors import VisionmixError
-from ..layers.fold import batch_norm_last, bn_folds, bn_sources, cached_fold, fold_bn_after
+from ..layers.fold import batch_norm_last, bn_folds, folded_conv_bn
 from ..layers.hire import HireMlp, PointwiseMlp, hire_step
 from ..checkpoint import unwrapping
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
@@ -62,8 +62,7 @@ class ConvBnRelu(nn.Module):
             return self.act(norm(conv(x.contiguous())))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        weight, bias = cached_fold(self, 'conv', (conv.weight, conv.bias, *bn_sources(norm)),
-                                   lambda: fold_bn_after(conv.weight, conv.bias, norm))
+        weight, bias = folded_conv_bn(conv, norm, self)
         return self.act(F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups))
 
 

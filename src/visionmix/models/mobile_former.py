@@ -50,7 +50,7 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import VisionmixError
 from ..layers.bridge import Former, FormerToMobile, MobileToFormer
 from ..layers.dyrelu import DynamicReLU, prelu_per_sample, split_slopes
-from ..layers.fold import bn_folds, bn_sources, cached_fold, fold_bn_after, is_tracing
+from ..layers.fold import bn_folds, conv_bn, folded_conv_bn, is_tracing
 from ..checkpoint import unwrapping
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
 from ..layers.stride import plan_stages
@@ -84,18 +84,8 @@ class ConvBn(nn.Module):
                               groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_chs)
 
-    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weight and bias of the conv with the eval-mode BN folded in (memoised during inference)."""
-        return cached_fold(self, 'bn', (self.conv.weight, *bn_sources(self.bn)),
-                           lambda: fold_bn_after(self.conv.weight, None, self.bn))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not bn_folds(self.bn):
-            return self.bn(self.conv(x))
-        # eval: fold the BN affine into the conv weights (tiny tensors) instead of a second pass over the map
-        weight, bias = self.folded()
-        conv = self.conv
-        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return conv_bn(self.conv, self.bn, x, self)
 
     def scales_by_sample(self) -> bool:
         """Whether :meth:`forward_scaled` folds its scale into the weights: eval mode, a depthwise conv (one input
@@ -111,7 +101,7 @@ class ConvBn(nn.Module):
         """
         if not self.scales_by_sample():
             return self(x) * scale[:, :, None, None]
-        weight, bias = self.folded()
+        weight, bias = folded_conv_bn(self.conv, self.bn, self)
         conv = self.conv
         B, _, H, W = x.shape
         weight = (weight[None] * scale[:, :, None, None, None]).flatten(0, 1)  # B * C_out, 1, k, k

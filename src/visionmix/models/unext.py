@@ -39,7 +39,7 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import VisionmixError
-from ..layers.fold import bn_folds, bn_sources, cached_fold, fold_bn_after
+from ..layers.fold import conv_bn
 from ..layers.shift import AxialShiftMlp
 from ..checkpoint import unwrapping
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
@@ -57,15 +57,6 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     if pad_h or pad_w:
         x = F.pad(x, (0, pad_w, 0, pad_h))
     return x
-
-
-def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, owner: nn.Module) -> torch.Tensor:
-    """``bn(conv(x))``; an eval-mode BatchNorm is folded into the conv weights (memoised on ``owner``)."""
-    if not bn_folds(bn):
-        return bn(conv(x))
-    weight, bias = cached_fold(owner, 'conv', (conv.weight, conv.bias, *bn_sources(bn)),
-                               lambda: fold_bn_after(conv.weight, conv.bias, bn))
-    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 class ConvBnPool(nn.Module):
