@@ -78,6 +78,11 @@ def main() -> None:
     parser.add_argument('--iters', type=int, default=10)
     parser.add_argument('--out', type=Path, help='Markdown report (default: print only)')
     args = parser.parse_args()
+    for name in args.models:  # a wrong name is one line (with suggestions), before any export
+        try:
+            visionmix.model_card(name)
+        except visionmix.VisionmixError as e:
+            sys.exit(f'error: {e}')
     try:
         import openvino  # noqa: F401
     except ImportError:
