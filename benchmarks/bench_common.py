@@ -9,7 +9,12 @@ through the family's ``checkpoint_filter_fn`` and then, per pair:
 * peak memory of one forward pass and of one training step, both models measured the same way in this process;
 * speed: :func:`visionmix.profile.compare_speed`, visionmix and official interleaved A B A B in one process, the
   median of the per-pair throughput ratios (above 1: visionmix is faster), for inference and for a training step
-  (zero_grad, forward, cross-entropy, backward, AdamW step).
+  (zero_grad, forward, cross-entropy, backward, AdamW step). With ``--processes N`` each model is timed in N fresh
+  processes one after another and the report gives the median of their medians with the lowest and highest: the
+  time of memory-bound CPU code depends on the allocator's state (how much freed memory glibc kept rather than
+  returning it to the kernel, to be faulted in again on the next allocation), which differs from process to
+  process and with whatever ran before in it; measured here, the same pair gave 1.12x in one process and 1.26x in
+  another.
 
 The scripts write a Markdown table with the exact command line, the visionmix commit and the official commit.
 Nothing here imports official code: each script loads its own.
@@ -20,10 +25,13 @@ import argparse
 import copy
 import ctypes
 import datetime
+import json
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +62,9 @@ def add_common_args(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument('--out', type=Path, default=RESULTS / out, help='Markdown table to write ("-": none)')
     parser.add_argument('--official-commit', default=None,
                         help='commit of the official checkout, when it is not a git work tree')
+    parser.add_argument('--processes', type=int, default=1,
+                        help='time each model in this many fresh processes, one after another (see the module doc)')
+    parser.add_argument('--row-json', type=Path, default=None, help=argparse.SUPPRESS)  # a child's result file
 
 
 def randomise(model: nn.Module, seed: int = 0) -> None:
@@ -172,6 +183,7 @@ class Row:
     fid: Fidelity
     infer: tuple[float, float, float, float, float] | None = None  # ratio median, q1, q3, ours img/s, official img/s
     train: tuple[float, float, float, float, float] | None = None
+    runs: dict[str, list[float]] = field(default_factory=dict)  # 'infer' / 'train' -> each process's median ratio
     memory: dict[str, tuple[float, float]] = field(default_factory=dict)  # 'official' / 'visionmix' -> (fwd, train)
 
 
@@ -197,16 +209,64 @@ def compare(name: str, official: nn.Module, ours: nn.Module, filter_fn: Callable
     if not args.no_memory:
         for label, model in (('official', official), ('visionmix', ours)):
             row.memory[label] = peak_memory(model, row.input_size, args.batch, args.threads)
-    result = compare_speed(ours, official, img_size=row.input_size, batch_size=args.batch, threads=args.threads,
-                           warmup=args.warmup, iters=args.iters, mode=args.mode,
-                           names=(f'visionmix {name}', f'official {name}'))
-    for kind in ('infer', 'train'):
-        pairs = getattr(result, kind)
-        if pairs is not None:
-            r = pairs.ratio
-            setattr(row, kind, (r.median, r.q1, r.q3, pairs.a_img_s.median, pairs.b_img_s.median))
+    if args.processes > 1:
+        _time_in_processes(row, args)
+    else:
+        result = compare_speed(ours, official, img_size=row.input_size, batch_size=args.batch, threads=args.threads,
+                               warmup=args.warmup, iters=args.iters, mode=args.mode,
+                               names=(f'visionmix {name}', f'official {name}'))
+        for kind in ('infer', 'train'):
+            pairs = getattr(result, kind)
+            if pairs is not None:
+                r = pairs.ratio
+                setattr(row, kind, (r.median, r.q1, r.q3, pairs.a_img_s.median, pairs.b_img_s.median))
+    if args.row_json is not None:
+        args.row_json.write_text(json.dumps({'infer': row.infer, 'train': row.train}))
     print_row(row)
     return row
+
+
+def _child_command(name: str, row_json: Path) -> list[str]:
+    """This script's command line for timing ``name`` alone in a new process, its result written to ``row_json``."""
+    dropped = {'--out', '--processes', '--row-json'}
+    argv, given, i = [], sys.argv[1:], 0
+    while i < len(given):
+        arg = given[i]
+        if arg == '--models':  # the model list: every value up to the next option
+            i += 1
+            while i < len(given) and not given[i].startswith('--'):
+                i += 1
+            continue
+        if arg in dropped:
+            i += 2
+            continue
+        if arg.split('=')[0] not in dropped | {'--models'}:
+            argv.append(arg)
+        i += 1
+    return [sys.executable, sys.argv[0], *argv, '--models', name, '--processes', '1', '--out', '-', '--no-memory',
+            '--row-json', str(row_json)]
+
+
+def _time_in_processes(row: Row, args: argparse.Namespace) -> None:
+    """Time ``row``'s model in ``args.processes`` fresh processes; keep the median of their medians and the range."""
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in range(args.processes):
+            path = Path(tmp) / f'{run}.json'
+            done = subprocess.run(_child_command(row.name, path), capture_output=True, text=True)
+            if done.returncode != 0 or not path.is_file():
+                sys.exit(f'{row.name}: timing process {run + 1} failed:\n{done.stderr[-2000:]}')
+            results.append(json.loads(path.read_text()))
+            print(f'    process {run + 1}/{args.processes}: ' + ', '.join(
+                f'{kind} {results[-1][kind][0]:.2f}x' for kind in ('infer', 'train') if results[-1][kind]))
+            sys.stdout.flush()
+    for kind in ('infer', 'train'):
+        measured = [r[kind] for r in results if r[kind]]
+        if measured:
+            ratios = [m[0] for m in measured]
+            row.runs[kind] = ratios
+            setattr(row, kind, (statistics.median(ratios), min(ratios), max(ratios),
+                                statistics.median(m[3] for m in measured), statistics.median(m[4] for m in measured)))
 
 
 def print_row(row: Row) -> None:
@@ -279,8 +339,12 @@ def markdown(title: str, rows: Sequence[Row], args: argparse.Namespace, official
         f'{torch.__version__}, {args.threads} threads, fp32, batch {args.batch}; absolute img/s '
         f'move with the machine (other jobs, clocks; see the load below), only the interleaved ratios compare',
         f'- speed: visionmix and official interleaved A B A B in one process, {args.warmup} warm-up and '
-        f'{args.iters} timed pairs; the ratio is the median (IQR) of the per-pair throughput ratios, above 1 = '
-        f'visionmix faster; targets: inference >= {targets[0]:.2f}x, train step >= {targets[1]:.2f}x',
+        f'{args.iters} timed pairs; ' + (
+            f'each model in {args.processes} fresh processes, one after another; the ratio is the median over the '
+            f'processes of each one\'s median per-pair throughput ratio (lowest-highest process in brackets; every '
+            f'process listed below the table)' if args.processes > 1 else
+            'the ratio is the median (IQR) of the per-pair throughput ratios') +
+        f', above 1 = visionmix faster; targets: inference >= {targets[0]:.2f}x, train step >= {targets[1]:.2f}x',
         f'- train step: {TRAIN_STEP}',
         '- memory: peak RSS above the resident model and input (MiB), visionmix / official, one eval forward '
         '(inference_mode) and one first training step (gradients and AdamW state included)',
@@ -299,6 +363,10 @@ def markdown(title: str, rows: Sequence[Row], args: argparse.Namespace, official
             f'| {row.name} | {"x".join(map(str, row.input_size[1:]))} | {_fmt_ratio(row.infer, targets[0])} | '
             f'{speeds[0]} | {_fmt_ratio(row.train, targets[1])} | {speeds[1]} | {_fmt_mem(row, 0)} | '
             f'{_fmt_mem(row, 1)} | {f.eval_abs:.1e} | {f.eval_rel:.1e} | {f.train_rel:.1e} | {f.grad_rel:.1e} |')
+    runs = [f'- {row.name}: ' + '; '.join(f'{kind} ' + ', '.join(f'{r:.2f}x' for r in ratios)
+                                          for kind, ratios in row.runs.items()) for row in rows if row.runs]
+    if runs:
+        lines += ['', 'Per process (median per-pair ratio of each):', '', *runs]
     return '\n'.join(lines) + '\n'
 
 

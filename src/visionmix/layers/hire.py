@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from timm.layers import Mlp, register_notrace_function
 
 from .fold import batch_norm_last, bn_folds, bn_sources, cached_fold, fold_bn_after, fold_input_norm
-from .fused import gelu_fast, linear_residual
+from .fused import gelu_fast, gelu_mlp_residual, inactive_dropout, linear_residual, linear_scratch
+from .scratch import has_hooks, scratch, scratch_active
 
 __all__ = ['circular_take', 'region_fold', 'region_unfold', 'region_fold_nhwc', 'folded_mean', 'add_region_unfold_',
-           'RegionMlp', 'HireMlp', 'PointwiseMlp', 'hire_step']
+           'weighted_channel_branch', 'RegionMlp', 'HireMlp', 'PointwiseMlp', 'hire_step']
 
 
 def hire_step(block_idx: int, step_stride: int, step_dilation: int) -> int:
@@ -131,11 +132,16 @@ def region_fold_nhwc(x: torch.Tensor, region_size: int, step: int = 0, axis: int
         x = x.transpose(1, 2)  # fold the rows as columns of the transposed map: its regions are then contiguous
     B, other, _, C = x.shape
     shift = step % n
-    if shift == 0 and regions * p == n:
-        return x.reshape(B, other, regions, p * C)  # a view along the width, one transposing copy along the height
+    if shift == 0 and regions * p == n and axis == 2:
+        return x.reshape(B, other, regions, p * C)  # a view along the width
+    # the folded copy is consumed by the region MLP's first layer: a scratch buffer in inference
+    out = scratch('hire.fold', (B, other, regions * p, C), x) if scratch_active(x) else None
+    if shift == 0 and regions * p == n:  # one transposing copy along the height
+        return x.reshape(B, other, regions, p * C) if out is None else out.copy_(x).view(B, other, regions, p * C)
     # roll by +shift then pad circularly == read positions (j - shift) mod n, for j in [0, regions * p)
     index = torch.arange(-shift, regions * p - shift, device=x.device) % n
-    return x.index_select(2, index).view(B, other, regions, p * C)
+    out = x.index_select(2, index) if out is None else torch.index_select(x, 2, index, out=out)
+    return out.view(B, other, regions, p * C)
 
 
 def _unfolded(folded: torch.Tensor, channels: int, axis: int) -> torch.Tensor:
@@ -203,10 +209,38 @@ def add_region_unfold_(out: torch.Tensor, folded: torch.Tensor, weight: torch.Te
     return out
 
 
+@register_notrace_function  # reason: picks its formulation from the map size
+def weighted_channel_branch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                            scale: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight, bias) * scale``, per sample and output channel: Hire's channel branch times its weight.
+
+    Computed whichever way touches fewer numbers: with per-sample weights ``(B, C, C)`` (one batched GEMM, no pass
+    of its own) while the map has more positions than channels, otherwise one GEMM for the batch and a pass over the
+    (then small) map. The result is the mix the other branches are added to, consumed by the projection: in
+    inference it is a scratch buffer.
+
+    Args:
+        x: (B, H, W, C).
+        weight: (C, C).
+        bias: (C,).
+        scale: (B, C).
+    """
+    B, H, W, C = x.shape
+    active = scratch_active(x)
+    if H * W > C:
+        args = ((bias * scale)[:, None], x.reshape(B, H * W, C), weight.t() * scale[:, None, :])
+        out = torch.baddbmm(*args, out=scratch('hire.mix', (B, H * W, C), x)) if active else torch.baddbmm(*args)
+    else:
+        out = linear_scratch(x, weight, bias, 'hire.mix').view(B, H * W, C)
+        out = out.mul_(scale[:, None]) if active else out * scale[:, None]
+    return out.view(B, H, W, C)
+
+
 # fx: these are reached from forward_nhwc / forward_folded, which no module forward calls through __call__, so
 # timm's autowrap (which scans the globals of traced forwards) never sees this module; fx.wrap patches the names
 # here for every symbolic trace
-for _fn in ('region_fold_nhwc', 'folded_mean', 'add_region_unfold_', 'linear_residual', 'gelu_fast'):
+for _fn in ('region_fold_nhwc', 'folded_mean', 'add_region_unfold_', 'linear_residual', 'gelu_fast',
+            'gelu_mlp_residual', 'linear_scratch', 'weighted_channel_branch'):
     torch.fx.wrap(_fn)
 
 
@@ -273,12 +307,13 @@ class RegionMlp(nn.Module):
             in_norm: An eval-mode BatchNorm to apply to ``x`` first, folded into fc1.
         """
         w1, b1, w2, b2 = self.folded_weights(in_norm)
-        h = F.linear(region_fold_nhwc(x, self.region_size, self.step, self.axis - 1), w1, b1)
+        # in inference the hidden and folded output maps are scratch buffers, consumed by HireMlp before it returns
+        h = linear_scratch(region_fold_nhwc(x, self.region_size, self.step, self.axis - 1), w1, b1, 'hire.hidden')
         if not bn_folds(self.norm):
             h = batch_norm_last(self.norm, h)
-        h = self.act(h)
+        h = h.relu_() if scratch_active(h) else self.act(h)
         mean = folded_mean(h, w2, b2, x.shape[self.axis - 1], self.region_size)
-        return F.linear(h, w2, b2), mean
+        return linear_scratch(h, w2, b2, f'hire.branch{self.axis}'), mean
 
     def extra_repr(self) -> str:
         return f'region_size={self.region_size}, step={self.step}, axis={self.axis}'
@@ -334,9 +369,7 @@ class HireMlp(nn.Module):
         mean = mean_h + mean_w + (x.mean((1, 2))[:, None, :] * wc).sum(-1) + bc
         # reweight output channel c * 3 + k weighs branch k of channel c
         a = self._reweight(mean).reshape(B, C, 3).softmax(dim=-1)
-        # channel branch times its weight: per-sample weights (B, C, C), so the product costs no pass of its own
-        out = torch.baddbmm((bc * a[..., 2])[:, None], x.reshape(B, H * W, C), wc.t() * a[:, None, :, 2])
-        out = out.view(B, H, W, C)
+        out = weighted_channel_branch(x, wc, bc, a[..., 2])
         out = add_region_unfold_(out, h, a[:, None, None, :, 0], self.height.step, 1)
         out = add_region_unfold_(out, w, a[:, None, None, :, 1], self.width.step, 2)
         wp, bp = self.proj.weight.flatten(1), self.proj.bias
@@ -391,10 +424,13 @@ class PointwiseMlp(nn.Module):
         fc1 = self.fc1
         w1, b1 = cached_fold(self, 'fc1', (fc1.weight, fc1.bias, *bn_sources(in_norm)),
                              lambda: fold_input_norm(fc1.weight.flatten(1), fc1.bias, in_norm))
-        x = F.linear(x, w1, b1)
-        x = gelu_fast(x) if type(self.act) is nn.GELU and self.act.approximate == 'none' else self.act(x)
-        x = self.drop1(x)
         w2, b2 = self.fc2.weight.flatten(1), self.fc2.bias
+        # exact GELU, dropouts that do nothing and no hook on drop1 (which would see the hidden map): fused steps
+        if residual is not None and type(self.act) is nn.GELU and self.act.approximate == 'none' \
+                and inactive_dropout(self.drop1) and inactive_dropout(self.drop2) and not has_hooks(self.drop1):
+            return gelu_mlp_residual(x, w1, b1, w2, b2, residual)
+        x = F.linear(x, w1, b1)
+        x = self.drop1(gelu_fast(x) if type(self.act) is nn.GELU and self.act.approximate == 'none' else self.act(x))
         if residual is not None and not (self.training and self.drop2.p > 0):
             return linear_residual(residual, x, w2, b2)
         x = self.drop2(F.linear(x, w2, b2))

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function, to_2tuple, trunc_normal_
 
 from ..errors import VisionmixError
+from .scratch import scratch, scratch_active
 
 __all__ = ['stage_window', 'window_pad_sizes', 'pad_to_windows', 'window_partition', 'window_reverse',
            'window_spatial_mix', 'WindowSpatialMlp']
@@ -99,7 +100,8 @@ def window_spatial_mix(
     a ``(heads, tokens, windows * head_dim)`` layout, mixed by a single batched matmul over heads, and copied once
     back; padded positions are cropped away. With ``residual`` (a contiguous (B, H, W, C) map) the result is
     ``residual + mix``; where no crop is needed that add reads the mixed windows in place, so the copy back is the
-    add itself.
+    add itself. In inference the padded map, the token layout and (with ``residual``) the mixed tokens are scratch
+    buffers (:mod:`visionmix.layers.scratch`): only the result is allocated.
 
     Args:
         x: Map of shape (B, H, W, C), C divisible by the number of heads.
@@ -115,28 +117,52 @@ def window_spatial_mix(
     wh, ww = window_size
     num_heads, tokens = weight.shape[0], wh * ww
     head_dim = C // num_heads
-    top, _ = window_pad_sizes(H, wh, shift_size[0])
-    left, _ = window_pad_sizes(W, ww, shift_size[1])
-    x = pad_to_windows(x, window_size, shift_size)
-    Hp, Wp = x.shape[1], x.shape[2]
+    top, bottom = window_pad_sizes(H, wh, shift_size[0])
+    left, right = window_pad_sizes(W, ww, shift_size[1])
+    Hp, Wp = top + H + bottom, left + W + right
     nh, nw = Hp // wh, Wp // ww
+    use_scratch = scratch_active(x)
+    if not use_scratch:
+        x = pad_to_windows(x, window_size, shift_size)
+    elif Hp != H or Wp != W:
+        x = _pad_into(scratch('window.padded', (B, Hp, Wp, C), x), x, top, left)
 
     # (B, nh, wh, nw, ww, heads, d) -> (heads, wh, ww, B, nh, nw, d): tokens of a window on dim 1, all else on dim 2
     x = x.view(B, nh, wh, nw, ww, num_heads, head_dim).permute(5, 2, 4, 0, 1, 3, 6)
+    if use_scratch:
+        x = scratch('window.tokens', x.shape, x).copy_(x)
     x = x.reshape(num_heads, tokens, B * nh * nw * head_dim)
+    # the mixed tokens are read once more, by the residual add that makes the (new) result
+    out = scratch('window.mixed', x.shape, x) if use_scratch and residual is not None else None
     if bias is None:
-        x = torch.bmm(weight, x)
+        x = torch.bmm(weight, x, out=out)
     else:
-        x = torch.baddbmm(bias.unsqueeze(-1), weight, x)
+        x = torch.baddbmm(bias.unsqueeze(-1), weight, x, out=out)
     x = x.view(num_heads, wh, ww, B, nh, nw, head_dim).permute(3, 4, 1, 5, 2, 0, 6)  # (B, nh, wh, nw, ww, heads, d)
     if Hp == H and Wp == W:
         if residual is not None and residual.is_contiguous():
             # the output takes the layout of the contiguous first operand: a plain (B, H, W, C) map
             return (residual.view(B, nh, wh, nw, ww, num_heads, head_dim) + x).view(B, H, W, C)
         x = x.reshape(B, H, W, C)
+    elif out is not None:  # the crop is read once, by the residual add below
+        padded = scratch('window.padded', (B, Hp, Wp, C), x)
+        padded.view(B, nh, wh, nw, ww, num_heads, head_dim).copy_(x)
+        x = padded[:, top:top + H, left:left + W]
     else:
         x = x.reshape(B, Hp, Wp, C)[:, top:top + H, left:left + W]
     return x if residual is None else residual + x
+
+
+def _pad_into(padded: torch.Tensor, x: torch.Tensor, top: int, left: int) -> torch.Tensor:
+    """Zero-pad ``x`` (B, H, W, C) into the buffer ``padded`` (B, Hp, Wp, C) at offset (top, left)."""
+    H, W = x.shape[1], x.shape[2]
+    padded[:, :top].zero_()
+    padded[:, top + H:].zero_()
+    rows = padded[:, top:top + H]
+    rows[:, :, :left].zero_()
+    rows[:, :, left + W:].zero_()
+    rows[:, :, left:left + W].copy_(x)
+    return padded
 
 
 class WindowSpatialMlp(nn.Module):
