@@ -16,7 +16,7 @@ import visionmix.layers.fused as fused
 import visionmix.layers.hire as hire
 import visionmix.layers.scratch as scratch_module
 import visionmix.layers.window_mlp as window_mlp
-from visionmix.layers.fused import layer_norm_scratch, linear_scratch
+from visionmix.layers.fused import linear_scratch
 from visionmix.layers.scratch import release_scratch, scratch, scratch_active, scratch_bytes
 
 # every module that decides on scratch buffers through its own reference to scratch_active
@@ -83,23 +83,18 @@ def test_buffer_made_in_inference_mode_is_usable_under_no_grad():
     release_scratch()
 
 
-def test_linear_and_layer_norm_match_the_plain_ops():
+def test_linear_matches_the_plain_op():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 7, 12, generator=g)
     w, b = torch.randn(9, 12, generator=g), torch.randn(9, generator=g)
-    norm = nn.LayerNorm(12)
     with torch.no_grad():
-        norm.weight.normal_(generator=g)
-        norm.bias.normal_(generator=g)
         torch.testing.assert_close(linear_scratch(x, w, b, 'test.lin'), F.linear(x, w, b))
         torch.testing.assert_close(linear_scratch(x, w, None, 'test.lin'), F.linear(x, w))
-        torch.testing.assert_close(layer_norm_scratch(norm, x, 'test.ln'), norm(x))
         assert linear_scratch(x, w, b, 'test.lin').data_ptr() == scratch('test.lin', (1,), x).data_ptr()
     # with autograd: plain tensors that carry the graph
     xg = x.clone().requires_grad_()
     y = linear_scratch(xg, w, b, 'test.lin')
     assert y.grad_fn is not None and y.data_ptr() != scratch('test.lin', (1,), x).data_ptr()
-    torch.testing.assert_close(layer_norm_scratch(norm, xg, 'test.ln'), norm(xg))
     release_scratch()
 
 

@@ -9,8 +9,8 @@ on contiguous operands):
 * :func:`residual_add`: ``x + branch``, in place into the fresh ``branch`` in inference.
 * :func:`gelu_fast`: exact GELU, in place on a fresh tensor in inference.
 * :func:`mlp_residual`: ``x + mlp(y)`` for timm's ``Mlp``: GELU in place, the residual added by fc2's GEMM.
-* :func:`linear_scratch`, :func:`layer_norm_scratch`: a linear layer / LayerNorm whose output, a temporary the
-  caller consumes before it returns, goes into a reused buffer in inference (:mod:`visionmix.layers.scratch`).
+* :func:`linear_scratch`: a linear layer whose output, a temporary the caller consumes before it returns, goes into
+  a reused buffer in inference (:mod:`visionmix.layers.scratch`).
 * :func:`gelu_mlp_residual`: ``res + fc2(gelu(fc1(x)))``; in inference by blocks of rows whose hidden map stays in
   the CPU cache between fc1, the GELU and fc2.
 """
@@ -24,7 +24,7 @@ from timm.layers import register_notrace_function
 from .scratch import has_hooks, scratch, scratch_active
 
 __all__ = ['linear_residual', 'residual_add', 'gelu_fast', 'mlp_fusable', 'mlp_residual', 'inactive_dropout',
-           'linear_scratch', 'layer_norm_scratch', 'norm_scratch', 'gelu_mlp_residual']
+           'linear_scratch', 'gelu_mlp_residual']
 
 # hidden numbers per row block of gelu_mlp_residual: 8 MB in fp32, which the GELU and fc2 then read from the cache
 # (measured on a 32 MB L3: 2-8% faster than whole maps for the first stages of Swin-MLP and Hire-MLP, batch 8)
@@ -86,21 +86,6 @@ def linear_scratch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
-@register_notrace_function  # reason: picks a scratch buffer or a new tensor at run time
-def layer_norm_scratch(norm: nn.Module, x: torch.Tensor, slot: str) -> torch.Tensor:
-    """``norm(x)`` for an ``nn.LayerNorm`` over the last dimension, into the scratch buffer ``slot`` in inference
-    (see :func:`linear_scratch`); any other norm, a LayerNorm over more dimensions or one with hooks runs as it is."""
-    if not (type(norm) is nn.LayerNorm and len(norm.normalized_shape) == 1 and scratch_active(x)
-            and x.is_contiguous() and not has_hooks(norm)):
-        return norm(x)
-    out = scratch(slot, x.shape, x)
-    stats = x.shape[:-1] + (1,)
-    # mean and rstd are small (one number per token); only the normalised map needs the buffer
-    torch.ops.aten.native_layer_norm.out(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps, out0=out,
-                                         out1=x.new_empty(stats), out2=x.new_empty(stats))
-    return out
-
-
 @register_notrace_function  # reason: picks row blocks and scratch buffers at run time
 def gelu_mlp_residual(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
                       b2: torch.Tensor | None, residual: torch.Tensor) -> torch.Tensor:
@@ -132,12 +117,6 @@ def gelu_mlp_residual(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None
     return out.view(residual.shape)
 
 
-def norm_scratch(norm: nn.Module, x: torch.Tensor, consumer: nn.Module) -> torch.Tensor:
-    """``norm(x)`` as the input of ``consumer``, which reads it once: in the scratch slot ``'norm'`` in inference
-    (:func:`layer_norm_scratch`) unless a hook in ``consumer`` would see it. ``consumer`` must not use that slot."""
-    return norm(x) if has_hooks(consumer) else layer_norm_scratch(norm, x, 'norm')
-
-
 def inactive_dropout(drop: nn.Module) -> bool:
     """True when ``drop`` is an identity or a dropout that does nothing now (p = 0 or eval mode)."""
     return isinstance(drop, nn.Identity) or (isinstance(drop, nn.Dropout) and (drop.p == 0 or not drop.training))
@@ -163,5 +142,5 @@ def mlp_residual(mlp: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> tor
 
 # fx: mlp_residual is called from module forwards elsewhere; timm's autowrap only scans the globals of those
 # forwards, so the leaves it calls here are wrapped by name in this module for every symbolic trace
-for _fn in ('linear_residual', 'gelu_fast', 'linear_scratch', 'layer_norm_scratch', 'gelu_mlp_residual'):
+for _fn in ('linear_residual', 'gelu_fast', 'linear_scratch', 'gelu_mlp_residual'):
     torch.fx.wrap(_fn)

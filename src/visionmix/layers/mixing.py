@@ -40,7 +40,7 @@ from timm.layers import Attention, DropPath, LayerScale, Mlp, register_notrace_f
 
 from ..errors import VisionmixError
 from .fold import cached_fold
-from .fused import mlp_residual, norm_scratch
+from .fused import mlp_residual
 from .hire import HireMlp, hire_step
 from .shift import AxialShiftMlp
 from .window_mlp import WindowSpatialMlp, stage_window
@@ -329,11 +329,10 @@ class MixingBlock(nn.Module):
         # kernel's centre tap), the layer scale and the spatial branch meet the sum in one addcmul, and the channel
         # MLP's fc2 GEMM accumulates onto its shortcut
         y = self._cpe_residual(x) if self.cpe is not None else x
-        # the normalised maps are read once, by the next layer: scratch buffers in inference
         if self.token_mixer is not None:
-            branch = self.token_mixer(norm_scratch(self.norm1, x, self.token_mixer))
+            branch = self.token_mixer(self.norm1(x))
             y = torch.addcmul(y, branch, self.ls1.gamma) if isinstance(self.ls1, LayerScale) else y + self.ls1(branch)
-        return mlp_residual(self.mlp, norm_scratch(self.norm2, y, self.mlp), y)
+        return mlp_residual(self.mlp, self.norm2(y), y)
 
     def _cpe_residual(self, x: torch.Tensor) -> torch.Tensor:
         """``x + cpe(x)`` as one depthwise conv whose kernel has 1 added at its centre (a 'same' padded conv)."""

@@ -5,7 +5,7 @@ serves large blocks with ``mmap`` and gives them back on free), and the first wr
 For the hidden map of an MLP block that costs about as much as the GELU over it: with the allocator told to keep its
 memory (``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``) Swin-MLP-Tiny ran 11% faster and Hire-MLP-Tiny 7%
 (batch 8, 2 threads). A process-wide allocator setting is the user's call, not a library's; so the blocks write
-their internal temporaries (hidden activations, rearranged copies, normalised inputs) into buffers kept here and
+their internal temporaries (hidden activations, rearranged and padded copies) into buffers kept here and
 allocate only what they return.
 
 Rules that make this safe:

@@ -31,7 +31,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 
 from ..errors import VisionmixError
-from ..layers.fused import mlp_residual, norm_scratch
+from ..layers.fused import mlp_residual
 from ..layers.window_mlp import WindowSpatialMlp, stage_window
 from ..checkpoint import unwrapping
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
@@ -81,9 +81,8 @@ class SwinMlpBlock(nn.Module):
             x = x + self.drop_path1(self.spatial_mlp(self.norm1(x)))
             return x + self.drop_path2(self.mlp(self.norm2(x)))
         # the shortcuts are added where the branches' last copy / GEMM writes their output anyway
-        # the normalised maps are read once, by the next layer: scratch buffers in inference
-        x = self.spatial_mlp(norm_scratch(self.norm1, x, self.spatial_mlp), residual=x)
-        return mlp_residual(self.mlp, norm_scratch(self.norm2, x, self.mlp), x)
+        x = self.spatial_mlp(self.norm1(x), residual=x)
+        return mlp_residual(self.mlp, self.norm2(x), x)
 
 
 class PatchMerging(nn.Module):
