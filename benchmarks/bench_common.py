@@ -317,7 +317,9 @@ _START_LOAD = _load()  # the scripts import this module first thing
 def _fmt_ratio(r: tuple[float, ...] | None, target: float) -> str:
     if r is None:
         return '-'
-    return f'**{r[0]:.2f}x** ({r[1]:.2f}-{r[2]:.2f}){"" if r[0] >= target else " below target"}'
+    # three decimals where two would round a miss up to the target (0.998 -> "1.00x below target")
+    digits = 3 if r[0] < target and round(r[0], 2) >= target else 2
+    return f'**{r[0]:.{digits}f}x** ({r[1]:.2f}-{r[2]:.2f}){"" if r[0] >= target else " below target"}'
 
 
 def _fmt_mem(row: Row, i: int) -> str:
