@@ -40,14 +40,14 @@ from timm.layers import Attention, DropPath, LayerScale, Mlp, register_notrace_f
 
 from ..errors import VisionmixError
 from .fold import cached_fold
-from .fused import mlp_residual
+from .fused import gelu_fast, mlp_residual
 from .hire import HireMlp, hire_step
 from .shift import AxialShiftMlp
 from .window_mlp import WindowSpatialMlp, stage_window
 
 __all__ = [
     'SpatialFactory', 'register_spatial_func', 'list_spatial_funcs', 'create_spatial_func', 'check_spatial_options',
-    'TokenAttention', 'TokenMlp', 'tokens_to_last_dim', 'ChannelsFirst', 'MixingBlock',
+    'TokenAttention', 'TokenMlp', 'token_rows', 'ChannelsFirst', 'MixingBlock',
 ]
 
 # A factory builds one spatial function; it returns None for "no spatial function" ('pass').
@@ -138,14 +138,14 @@ class TokenAttention(Attention):
 
 
 @register_notrace_function  # reason: checks the token count, a Proxy under FX (public name: FX skips _names)
-def tokens_to_last_dim(x: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B, C, H*W), refusing a grid the token MLP was not built for."""
+def token_rows(x: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B, H*W, C), refusing a grid the token MLP was not built for."""
     B, H, W, C = x.shape
     if H * W != num_tokens:
         raise VisionmixError(
             f'the token-mixing MLP was built for {num_tokens} tokens, got a {H}x{W} map ({H * W} tokens); build the '
             f'model with img_size matching the input')
-    return x.reshape(B, H * W, C).transpose(1, 2)
+    return x.reshape(B, H * W, C)
 
 
 class TokenMlp(Mlp):
@@ -173,8 +173,21 @@ class TokenMlp(Mlp):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        x = super().forward(tokens_to_last_dim(x, self.num_tokens))
-        return x.transpose(1, 2).reshape(B, H, W, C)
+        rows = token_rows(x, self.num_tokens)
+        if not (isinstance(self.fc1, nn.Linear) and isinstance(self.fc2, nn.Linear)
+                and isinstance(self.norm, nn.Identity)):
+            return super().forward(rows.transpose(1, 2)).transpose(1, 2).reshape(B, H, W, C)
+        # fc1 and fc2 as (out, tokens) @ (tokens, C) per image, the weight shared through a stride-0 batch: the map
+        # is never transposed in or out (measured 3-25% faster than one GEMM over the transposed map at SPACH's sizes)
+        h = _token_linear(self.fc1, rows)
+        h = self.drop1(gelu_fast(h) if type(self.act) is nn.GELU and self.act.approximate == 'none' else self.act(h))
+        return self.drop2(_token_linear(self.fc2, h)).view(B, H, W, C)
+
+
+def _token_linear(fc: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``fc`` applied along dim 1 of ``x`` (B, N, C): (B, fc.out_features, C)."""
+    weight = fc.weight.expand(x.shape[0], -1, -1)
+    return torch.bmm(weight, x) if fc.bias is None else torch.baddbmm(fc.bias[:, None], weight, x)
 
 
 class ChannelsFirst(nn.Module):
