@@ -7,7 +7,8 @@ on contiguous operands):
 * :func:`linear_residual`: ``res + linear(x)``, the residual accumulated by the GEMM itself (``addmm`` with
   ``beta = 1``) instead of a bias broadcast into the output, a GEMM, and a separate add.
 * :func:`residual_add`: ``x + branch``, in place into the fresh ``branch`` in inference.
-* :func:`gelu_fast`: exact GELU, in place on a fresh tensor in inference.
+* :func:`gelu_fast`: exact GELU, in place on a fresh tensor in inference; :func:`activate` runs an activation
+  module that way when it is exact GELU.
 * :func:`mlp_residual`: ``x + mlp(y)`` for timm's ``Mlp``: GELU in place, the residual added by fc2's GEMM.
 * :func:`linear_scratch`: a linear layer whose output, a temporary the caller consumes before it returns, goes into
   a reused buffer in inference (:mod:`visionmix.layers.scratch`).
@@ -23,8 +24,8 @@ from timm.layers import register_notrace_function
 
 from .scratch import has_hooks, scratch, scratch_active
 
-__all__ = ['linear_residual', 'residual_add', 'gelu_fast', 'mlp_fusable', 'mlp_residual', 'inactive_dropout',
-           'linear_scratch', 'gelu_mlp_residual']
+__all__ = ['linear_residual', 'residual_add', 'gelu_fast', 'is_exact_gelu', 'activate', 'mlp_fusable',
+           'mlp_residual', 'inactive_dropout', 'linear_scratch', 'gelu_mlp_residual']
 
 # hidden numbers per row block of gelu_mlp_residual: 8 MB in fp32, which the GELU and fc2 then read from the cache
 # (measured on a 32 MB L3: 2-8% faster than whole maps for the first stages of Swin-MLP and Hire-MLP, batch 8)
@@ -67,6 +68,16 @@ def gelu_fast(x: torch.Tensor) -> torch.Tensor:
     if x.requires_grad:
         return F.gelu(x)
     return torch.ops.aten.gelu_(x)
+
+
+def is_exact_gelu(act: nn.Module) -> bool:
+    """True when ``act`` is ``nn.GELU`` with the exact (erf) formula, which :func:`gelu_fast` computes."""
+    return type(act) is nn.GELU and act.approximate == 'none'
+
+
+def activate(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)`` for a fresh ``x``: through :func:`gelu_fast` (in place in inference) when ``act`` is exact GELU."""
+    return gelu_fast(x) if is_exact_gelu(act) else act(x)
 
 
 @register_notrace_function  # reason: picks a scratch buffer or a new tensor at run time
@@ -125,9 +136,9 @@ def inactive_dropout(drop: nn.Module) -> bool:
 def mlp_fusable(mlp: nn.Module) -> bool:
     """True when :func:`mlp_residual` computes timm ``Mlp`` ``mlp`` with its own steps (and calls none of its
     modules): ``nn.Linear`` layers, exact GELU, no norm, no active dropout, no hooks on the module."""
-    return isinstance(mlp.fc1, nn.Linear) and isinstance(mlp.fc2, nn.Linear) and type(mlp.act) is nn.GELU \
-        and mlp.act.approximate == 'none' and isinstance(mlp.norm, nn.Identity) and inactive_dropout(mlp.drop1) \
-        and inactive_dropout(mlp.drop2) and not has_hooks(mlp)
+    return isinstance(mlp.fc1, nn.Linear) and isinstance(mlp.fc2, nn.Linear) and is_exact_gelu(mlp.act) \
+        and isinstance(mlp.norm, nn.Identity) and inactive_dropout(mlp.drop1) and inactive_dropout(mlp.drop2) \
+        and not has_hooks(mlp)
 
 
 def mlp_residual(mlp: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from timm.layers import Mlp, register_notrace_function
 
 from .fold import batch_norm_last, bn_folds, bn_sources, cached_fold, fold_bn_after, fold_input_norm
-from .fused import gelu_fast, gelu_mlp_residual, inactive_dropout, linear_residual, linear_scratch
+from .fused import (activate, gelu_mlp_residual, inactive_dropout, is_exact_gelu, linear_residual,
+                    linear_scratch)
 from .scratch import has_hooks, scratch, scratch_active
 
 __all__ = ['circular_take', 'region_fold', 'region_unfold', 'region_fold_nhwc', 'folded_mean', 'add_region_unfold_',
@@ -239,8 +240,8 @@ def weighted_channel_branch(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
 # fx: these are reached from forward_nhwc / forward_folded, which no module forward calls through __call__, so
 # timm's autowrap (which scans the globals of traced forwards) never sees this module; fx.wrap patches the names
 # here for every symbolic trace
-for _fn in ('region_fold_nhwc', 'folded_mean', 'add_region_unfold_', 'linear_residual', 'gelu_fast',
-            'gelu_mlp_residual', 'linear_scratch', 'weighted_channel_branch'):
+for _fn in ('region_fold_nhwc', 'folded_mean', 'add_region_unfold_', 'linear_residual', 'gelu_mlp_residual',
+            'linear_scratch', 'weighted_channel_branch'):
     torch.fx.wrap(_fn)
 
 
@@ -426,11 +427,10 @@ class PointwiseMlp(nn.Module):
                              lambda: fold_input_norm(fc1.weight.flatten(1), fc1.bias, in_norm))
         w2, b2 = self.fc2.weight.flatten(1), self.fc2.bias
         # exact GELU, dropouts that do nothing and no hook on drop1 (which would see the hidden map): fused steps
-        if residual is not None and type(self.act) is nn.GELU and self.act.approximate == 'none' \
-                and inactive_dropout(self.drop1) and inactive_dropout(self.drop2) and not has_hooks(self.drop1):
+        if residual is not None and is_exact_gelu(self.act) and inactive_dropout(self.drop1) \
+                and inactive_dropout(self.drop2) and not has_hooks(self.drop1):
             return gelu_mlp_residual(x, w1, b1, w2, b2, residual)
-        x = F.linear(x, w1, b1)
-        x = self.drop1(gelu_fast(x) if type(self.act) is nn.GELU and self.act.approximate == 'none' else self.act(x))
+        x = self.drop1(activate(self.act, F.linear(x, w1, b1)))
         if residual is not None and not (self.training and self.drop2.p > 0):
             return linear_residual(residual, x, w2, b2)
         x = self.drop2(F.linear(x, w2, b2))

@@ -18,13 +18,15 @@ Rules that make this safe:
   module or one inside it has forward hooks, or global hooks exist (:func:`has_hooks`), the code around it
   allocates as usual.
 * A slot holds one live temporary: a caller consumes what it wrote into a slot before it returns, never returns it,
-  and never calls code that uses the same slot while it still needs it. The slot names below are the only ones.
+  and never calls code that uses the same slot while it still needs it. Slots are named by their user
+  (``'mlp.hidden'``, ``'hire.*'``, ``'window.*'``).
 * A slot's buffer grows to the largest size asked for and is then kept: the memory of the largest temporary of each
   slot stays with the thread (:func:`scratch_bytes`: 33 MB for Hire-MLP-Tiny at batch 8 and 224 px, 66 MB for
   Swin-MLP-Tiny at 256 px, 8 MB for SPACH-MS-XXS-Conv). :func:`release_scratch` frees the calling thread's buffers.
 """
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 
@@ -65,9 +67,7 @@ def scratch(slot: str, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor
 
     Only call it when :func:`scratch_active` is true; the contents are overwritten by the next user of the slot.
     """
-    numel = 1
-    for size in shape:
-        numel *= int(size)
+    numel = math.prod(int(size) for size in shape)
     key = (slot, like.dtype)
     buffers = _buffers()
     buffer = buffers.get(key)

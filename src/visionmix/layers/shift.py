@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from timm.layers import register_notrace_function
 
-from .fused import gelu_fast, linear_residual
+from .fused import activate, linear_residual
 
 __all__ = ['axial_shift', 'AxialShiftMlp']
 
@@ -90,7 +90,7 @@ class AxialShiftMlp(nn.Module):
         """(B, H, W, C) -> (B, H, W, C); plus ``residual`` if given, added by fc2's GEMM when dropout is inactive."""
         x = self.fc1(axial_shift(x, self.shift_size, dim=1))
         x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        x = gelu_fast(x) if type(self.act) is nn.GELU and self.act.approximate == 'none' else self.act(x)
+        x = activate(self.act, x)
         x = axial_shift(self.drop(x), self.shift_size, dim=2)
         if residual is not None and (self.drop.p == 0 or not self.training):
             return linear_residual(residual, x, self.fc2.weight, self.fc2.bias)
