@@ -49,6 +49,13 @@ RESULTS = REPO_ROOT / 'benchmarks' / 'results'
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
+    return value
+
+
 def add_common_args(parser: argparse.ArgumentParser, out: str) -> None:
     """The measurement options every script shares; ``out`` is the default Markdown file in benchmarks/results."""
     parser.add_argument('--batch', type=int, default=8)
@@ -62,7 +69,7 @@ def add_common_args(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument('--out', type=Path, default=RESULTS / out, help='Markdown table to write ("-": none)')
     parser.add_argument('--official-commit', default=None,
                         help='commit of the official checkout, when it is not a git work tree')
-    parser.add_argument('--processes', type=int, default=1,
+    parser.add_argument('--processes', type=positive_int, default=1,
                         help='time each model in this many fresh processes, one after another (see the module doc)')
     parser.add_argument('--row-json', type=Path, default=None, help=argparse.SUPPRESS)  # a child's result file
 
