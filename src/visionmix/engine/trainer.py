@@ -46,8 +46,8 @@ from .config import TrainConfig, environment_info, recipe_for
 from .tasks import Task, resolve_task
 
 __all__ = ['Trainer', 'RunResult', 'TrainError', 'EpochTotals', 'device_for_rank', 'setup_distributed',
-           'CHECKPOINT_DIR', 'STATE_FILE', 'CONFIG_FILE', 'LOG_FILE', 'SUMMARY_FILE', 'weights_metadata',
-           'tensorboard_tag']
+           'teardown_distributed', 'CHECKPOINT_DIR', 'STATE_FILE', 'CONFIG_FILE', 'LOG_FILE', 'SUMMARY_FILE',
+           'weights_metadata', 'tensorboard_tag']
 
 CHECKPOINT_DIR = 'checkpoints'
 STATE_FILE = 'state.pt'
@@ -155,20 +155,31 @@ def device_for_rank(local_rank: int | None = None, cuda: bool | None = None) -> 
     return torch.device('cuda', local_rank) if cuda else torch.device('cpu')
 
 
-def setup_distributed() -> tuple[int, int, torch.device]:
+def setup_distributed() -> tuple[int, int, torch.device, bool]:
     """Pick this process's device, then join the process group torchrun describes (nccl on GPUs, gloo on CPU).
 
-    Returns (rank, world size, device); (0, 1, device) when not launched by torchrun. The CUDA device is made current
-    *before* the process group starts, so NCCL binds each rank to its own GPU.
+    Returns (rank, world size, device, whether this call started the group); (0, 1, device, False) when not launched
+    by torchrun. The CUDA device is made current *before* the process group starts, so NCCL binds each rank to its
+    own GPU.
     """
     device = device_for_rank()
     if device.type == 'cuda':
         torch.cuda.set_device(device)
+    started = False
     if int(os.environ.get('WORLD_SIZE', '1')) > 1 and not dist.is_initialized():
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+        started = True
     if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), device
-    return 0, 1, device
+        return dist.get_rank(), dist.get_world_size(), device, started
+    return 0, 1, device, started
+
+
+def teardown_distributed() -> None:
+    """Wait for every rank, then close the process group. A rank that exits with its gloo group still open can abort
+    (``terminate called without an active exception``) while rank 0 is still writing the run's last files."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def weights_metadata(cfg: TrainConfig, classes: list[str], dcfg: dict[str, Any], epoch: int, score: float,
@@ -230,11 +241,14 @@ class Trainer:
         finally:
             if writer is not None:
                 writer.close()
-        return self.finish()
+        result = self.finish()
+        if self.owns_process_group:
+            teardown_distributed()
+        return result
 
     # ----------------------------------------------------------------------------------------------- steps
     def setup_runtime(self) -> None:
-        self.rank, self.world, self.device = setup_distributed()
+        self.rank, self.world, self.device, self.owns_process_group = setup_distributed()
         self.is_main = self.rank == 0
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
