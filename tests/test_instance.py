@@ -94,6 +94,53 @@ def test_bad_detector_options_are_argument_errors():
         create_model('maskrcnn:spach_ms_xxs_patch4_224_mlp', num_classes=3, img_size=64, max_size=128)
     with pytest.raises(ModelArgumentError, match='unexpected argument'):
         create_model('maskrcnn:resnet18', num_classes=3, bogus=1)
+    with pytest.raises(ModelArgumentError, match='mask_classifier must be true or false'):
+        create_model('maskrcnn:resnet18', num_classes=3, mask_classifier='yes')
+
+
+def test_mask_classifier_learns_from_ground_truth_masks_and_rescores_detections():
+    """Training adds loss_mask_class (ground-truth masks on their boxes; a zero that still reaches every classifier
+    parameter when the batch has no instance); inference keeps the same detections, each score multiplied by the
+    classifier's probability of its label on the predicted mask, sorted again."""
+    from visionmix.models.detection import ClassAgnosticMaskPredictor, MaskShapeClassifier
+
+    torch.manual_seed(0)
+    model = create_model('maskrcnn:spach_ms_xxs_patch4_224_conv', num_classes=3, img_size=(64, 96),
+                         mask_classifier=True, box_score_thresh=0.0)
+    heads = model.roi_heads
+    assert isinstance(heads.mask_classifier, MaskShapeClassifier)
+    assert isinstance(heads.mask_predictor, ClassAgnosticMaskPredictor)  # the default with the classifier
+    images = [torch.rand(3, 64, 96), torch.rand(3, 64, 96)]
+    model.train()
+    losses = model(images, [_target(_two_rects(64, 96), [1, 2]), _target(np.zeros((0, 64, 96)), [])])
+    assert 'loss_mask_class' in losses and losses['loss_mask_class'].item() > 0
+    sum(losses.values()).backward()
+    assert heads.mask_classifier.fc.weight.grad.abs().sum() > 0
+    empty = model(images[:1], [_target(np.zeros((0, 64, 96)), [])])
+    assert empty['loss_mask_class'].item() == 0 and empty['loss_mask_class'].requires_grad
+
+    model.eval()
+    with torch.no_grad():
+        logits = heads.mask_predictor(torch.rand(2, 64, 14, 14))
+        assert logits.shape == (2, 3, 28, 28) and torch.equal(logits[:, 0], logits[:, 2])  # one mask for all
+        rescored = model(images[:1])[0]
+        heads.mask_classifier = None  # the same model without the rescoring
+        plain = model(images[:1])[0]
+    assert len(rescored['scores']) == len(plain['scores']) > 0
+    assert torch.all(rescored['scores'][:-1] >= rescored['scores'][1:])
+    key = lambda det, i: (tuple(det['boxes'][i].tolist()), int(det['labels'][i]))  # noqa: E731
+    plain_score = {key(plain, i): float(plain['scores'][i]) for i in range(len(plain['scores']))}
+    assert all(0 < float(rescored['scores'][i]) < plain_score[key(rescored, i)] for i in range(len(plain['scores'])))
+
+    # the rule itself, on a hand-made detection and a classifier whose probabilities are known
+    class Fixed(torch.nn.Module):
+        def forward(self, masks):
+            return torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]]))
+    det = dict(boxes=torch.rand(3, 4), labels=torch.tensor([1, 2, 2]), scores=torch.tensor([0.9, 0.8, 0.5]),
+               masks=torch.rand(3, 1, 28, 28))
+    out = heads._rescore(Fixed(), det)
+    assert out['scores'].tolist() == pytest.approx([0.45, 0.4, 0.08])  # 0.9 x 0.5, 0.5 x 0.8, 0.8 x 0.1
+    assert torch.equal(out['labels'], torch.tensor([1, 2, 2])) and torch.equal(out['boxes'], det['boxes'][[0, 2, 1]])
 
 
 def test_backbone_checkpoint_is_loaded(tmp_path):
@@ -369,7 +416,7 @@ def test_output_check_and_task_wiring():
 
 RUN = dict(model='maskrcnn:spach_ms_xxs_patch4_224_conv', dataset='shapes-inst:8', img_size=64, batch_size=4,
            epochs=2, lr=1e-3, warmup_epochs=1, threads=1, auto_augment=None, reprob=0.0, smoothing=0.0, hflip=0.5,
-           model_ema=True, model_ema_decay=0.9, clip_grad=5.0)
+           model_ema=True, model_ema_decay=0.9, clip_grad=5.0, model_kwargs=dict(mask_classifier=True))
 
 
 def test_train_resume_eval_predict(tmp_path, capsys):

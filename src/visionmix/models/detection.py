@@ -40,7 +40,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..errors import UnknownModelError, VisionmixError
@@ -50,8 +50,8 @@ from ..registry import (
 )
 from ..sizes import check_size, hw
 
-__all__ = ['PyramidBackbone', 'mask_rcnn', 'pyramid_levels', 'fg_cls_counts', 'synthetic_targets', 'DEFAULT_IMG_SIZE',
-           'EXAMPLE_BACKBONES']
+__all__ = ['PyramidBackbone', 'MaskShapeClassifier', 'ClassAgnosticMaskPredictor', 'mask_rcnn', 'pyramid_levels',
+           'fg_cls_counts', 'synthetic_targets', 'DEFAULT_IMG_SIZE', 'EXAMPLE_BACKBONES']
 
 DEFAULT_IMG_SIZE = 128
 COCO_NUM_CLASSES = 91  # torchvision's default: 90 COCO ids + background
@@ -100,13 +100,96 @@ class PyramidBackbone(nn.Module):
         return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))
 
 
+class MaskShapeClassifier(nn.Module):
+    """Names an instance's class from its mask alone: three 3x3 conv-GroupNorm-ReLU-maxpool blocks on the (M, M) mask
+    probabilities in box coordinates, global average pooling and a linear layer.
+
+    Where the classes differ by outline (discs, ellipses, rectangles, polygons in ``shapes-inst``), a box classifier
+    learns them slowly: one label per RoI, from features that must first discover figure and ground. The mask head
+    learns figure and ground quickly (a label per pixel), so the outline it draws is an easier input to classify.
+
+    Args:
+        num_classes: Foreground classes (no background).
+        width: Channels of the first block (doubled in each next one).
+    """
+
+    def __init__(self, num_classes: int, width: int = 32) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_chs = 1
+        for out_chs in (width, 2 * width, 4 * width):
+            layers += [nn.Conv2d(in_chs, out_chs, 3, padding=1), _group_norm(out_chs), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            in_chs = out_chs
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(in_chs, num_classes)
+
+    def forward(self, masks: torch.Tensor) -> torch.Tensor:
+        """(N, 1, M, M) mask probabilities -> (N, num_classes) logits."""
+        return self.fc(self.features(masks).mean((2, 3)))
+
+
+class ClassAgnosticMaskPredictor(MaskRCNNPredictor):
+    """torchvision's mask predictor with one mask for every class (the Mask R-CNN paper's class-agnostic variant),
+    returned as a view with one channel per class so that torchvision's mask loss and inference index it as usual.
+    A mask that does not depend on the box classifier's label is what :class:`MaskShapeClassifier` should read."""
+
+    def __init__(self, in_channels: int, dim_reduced: int, num_classes: int) -> None:
+        super().__init__(in_channels, dim_reduced, 1)
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).expand(-1, self.num_classes, -1, -1)
+
+
 class _RoIHeadsWithStats(RoIHeads):
     """torchvision's RoIHeads that, in training, also counts the sampled foreground RoIs the box classifier labels
-    right (detectron2's ``fast_rcnn/fg_cls_accuracy``): a cheap running metric for the training loop. Nothing else
-    changes: no parameter, no output."""
+    right (detectron2's ``fast_rcnn/fg_cls_accuracy``): a cheap running metric for the training loop.
+
+    With a ``mask_classifier`` (:class:`MaskShapeClassifier`, set by :func:`mask_rcnn`) it also learns to name each
+    ground-truth instance from its ground-truth mask (``loss_mask_class``), and at inference multiplies each
+    detection's score by the probability the classifier gives its label on the predicted mask, then re-sorts. Without
+    one nothing else changes: no parameter, no output."""
 
     fg_stats: tuple[int, int] = (0, 0)
     _sampled_labels: torch.Tensor | None = None
+
+    def forward(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor],
+                image_shapes: list[tuple[int, int]], targets: list[dict[str, torch.Tensor]] | None = None,
+                ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        result, losses = super().forward(features, proposals, image_shapes, targets)
+        classifier = getattr(self, 'mask_classifier', None)  # a submodule: no class-level default may shadow it
+        if classifier is None or not self.has_mask():
+            return result, losses
+        if self.training:
+            losses['loss_mask_class'] = self._mask_class_loss(classifier, targets or [])
+        else:
+            result = [self._rescore(classifier, det) for det in result]
+        return result, losses
+
+    def _mask_class_loss(self, classifier: nn.Module, targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """Cross-entropy of the classifier on each ground-truth mask cropped to its ground-truth box (at the mask
+        head's output size): clean outlines, not the blurred masks of half-trained heads on jittered proposals,
+        which it does not learn from."""
+        size = 2 * self.mask_roi_pool.output_size[0]
+        crops, labels = [], []
+        for t in targets:
+            if len(t['boxes']):
+                index = torch.arange(len(t['boxes']), dtype=t['boxes'].dtype, device=t['boxes'].device)[:, None]
+                # as torchvision builds the mask head's targets, so the classifier trains on what that head learns
+                crops.append(roi_align(t['masks'][:, None].float(), torch.cat([index, t['boxes']], 1), size, 1.0))
+                labels.append(t['labels'])
+        if not crops:  # no instance in the batch: a zero that still reaches every parameter (DDP expects them)
+            return sum(p.sum() for p in classifier.parameters()) * 0.0
+        return F.cross_entropy(classifier(torch.cat(crops)), torch.cat(labels) - 1)
+
+    def _rescore(self, classifier: nn.Module, det: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not len(det['scores']):
+            return det
+        probs = classifier(det['masks']).softmax(1)
+        scores = det['scores'] * probs.gather(1, (det['labels'] - 1)[:, None])[:, 0]
+        order = scores.argsort(descending=True)
+        return {**{k: v[order] for k, v in det.items()}, 'scores': scores[order]}
 
     def select_training_samples(self, proposals: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None,
                                 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor],
@@ -270,6 +353,8 @@ def mask_rcnn(
         box_canonical_scale: int = 56,
         box_detections_per_img: int = 100,
         box_score_thresh: float = 0.05,
+        mask_classifier: bool = False,
+        class_agnostic_masks: bool | None = None,
         backbone_checkpoint: str | None = None,
         drop_path_rate: float = 0.0,
         backbone_kwargs: dict[str, Any] | None = None,
@@ -306,6 +391,11 @@ def mask_rcnn(
             semantic than the stride-4 map 224 would pick on 128 px images. Masks keep 224 (fine detail).
         box_detections_per_img: Detections kept per image (COCO AP counts up to 100).
         box_score_thresh: Detections below this score are dropped.
+        mask_classifier: Add a :class:`MaskShapeClassifier` that learns the class from ground-truth masks and, at
+            inference, multiplies each detection's score by its label's probability on the predicted mask (for
+            classes told apart by their outline).
+        class_agnostic_masks: One mask for all classes (:class:`ClassAgnosticMaskPredictor`); default: on with
+            ``mask_classifier`` (a class-specific mask is drawn in the shape of its label), else off.
         backbone_checkpoint: Local backbone weights (our or the official layout), loaded before the head is pruned.
         drop_path_rate: Stochastic depth of the backbone.
         backbone_kwargs: More arguments for the backbone's builder.
@@ -321,6 +411,10 @@ def mask_rcnn(
     pyramid_strides = (*strides, 2 * strides[-1])  # LastLevelMaxPool adds a level at twice the last stride
     anchor_sizes = tuple(anchor_sizes or (ANCHOR_SCALE * s for s in pyramid_strides))
     _check_options(backbone, num_classes, min_size, max_size, anchor_sizes, len(pyramid_strides))
+    for key, value in (('mask_classifier', mask_classifier), ('class_agnostic_masks', class_agnostic_masks)):
+        if value is not None and not isinstance(value, bool):
+            raise ModelArgumentError(f'maskrcnn:{backbone}: {key} must be true or false, got {value!r}')
+    agnostic = mask_classifier if class_agnostic_masks is None else class_agnostic_masks
     if fixed and max_size > min(size):
         raise ModelArgumentError(f'maskrcnn:{backbone}: the backbone takes {size[0]}x{size[1]} input only, so '
                                  f'max_size ({max_size}) must be <= {min(size)}')
@@ -348,8 +442,11 @@ def mask_rcnn(
         box_score_thresh=box_score_thresh,
         mask_roi_pool=MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2),
         mask_head=MaskRCNNHeads(fpn_channels, [mask_head_channels] * mask_head_layers, dilation=1, norm_layer=norm),
-        mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes))
-    model.roi_heads.__class__ = _RoIHeadsWithStats  # adds no state: only the running-metric bookkeeping
+        mask_predictor=(ClassAgnosticMaskPredictor if agnostic else MaskRCNNPredictor)(
+            mask_head_channels, mask_head_channels, num_classes))
+    model.roi_heads.__class__ = _RoIHeadsWithStats  # adds no state: the running metric and the optional classifier
+    if mask_classifier:
+        model.roi_heads.mask_classifier = MaskShapeClassifier(num_classes - 1)
     model.roi_heads.box_predictor.register_forward_hook(model.roi_heads.record_fg_accuracy)
     model.pretrained_cfg = dict(architecture=f'maskrcnn:{backbone}', input_size=(3, *size),
                                 mean=tuple(card.mean), std=tuple(card.std), interpolation='bilinear', crop_pct=1.0,
