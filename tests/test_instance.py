@@ -143,6 +143,45 @@ def test_mask_classifier_learns_from_ground_truth_masks_and_rescores_detections(
     assert torch.equal(out['labels'], torch.tensor([1, 2, 2])) and torch.equal(out['boxes'], det['boxes'][[0, 2, 1]])
 
 
+def test_image_guided_masks_see_the_pixels_of_each_roi():
+    """mask_refine: the mask RoIAlign appends each RoI's image crop at the mask resolution (pixel-unshuffled), the mask
+    head passes it by untouched, the predictor's residual learns from it; a train step and a non-square eval run."""
+    from collections import OrderedDict
+
+    from torchvision.ops import roi_align
+
+    from visionmix.errors import VisionmixError
+    from visionmix.models.detection import ImageGuidedMaskPredictor, ImageMaskRoIAlign, PyramidMaps
+
+    torch.manual_seed(0)
+    pool = ImageMaskRoIAlign(['0'], output_size=14, sampling_ratio=2)
+    maps = PyramidMaps(OrderedDict([('0', torch.rand(1, 8, 16, 24))]))
+    maps.image = torch.rand(1, 3, 64, 96)
+    boxes = [torch.tensor([[4.0, 6.0, 40.0, 30.0], [50.0, 10.0, 90.0, 60.0]])]
+    out = pool(maps, boxes, [(64, 96)])
+    assert out.shape == (2, 8 + 12, 14, 14)
+    crops = roi_align(maps.image, boxes, 28, 1.0, 2)
+    assert torch.equal(torch.nn.functional.pixel_shuffle(out[:, 8:], 2), crops)
+    with pytest.raises(VisionmixError, match='needs the image'):
+        pool(OrderedDict(maps), boxes, [(64, 96)])
+
+    model = create_model('maskrcnn:spach_ms_xxs_patch4_224_conv', num_classes=3, img_size=(64, 96), mask_refine=True)
+    predictor = model.roi_heads.mask_predictor
+    assert isinstance(predictor, ImageGuidedMaskPredictor)
+    x = torch.rand(2, 64 + 12, 14, 14)
+    assert model.roi_heads.mask_head(x)[:, -12:].equal(x[:, -12:])
+    logits = predictor(model.roi_heads.mask_head(x))
+    assert logits.shape == (2, 3, 28, 28) and not torch.equal(logits[:, 1], logits[:, 2])  # class-specific default
+    model.train()
+    losses = model([torch.rand(3, 64, 96)], [_target(_two_rects(64, 96), [1, 2])])
+    sum(losses.values()).backward()
+    assert predictor.refine[0].weight.grad[:, -3:].abs().sum() > 0  # the pixel channels are learned from
+    model.eval()
+    with torch.no_grad():
+        det = model([torch.rand(3, 48, 96)])[0]
+    assert det['masks'].shape[1:] == (1, 48, 96)
+
+
 def test_backbone_checkpoint_is_loaded(tmp_path):
     from visionmix.checkpoint import save_checkpoint
 

@@ -50,7 +50,8 @@ from ..registry import (
 )
 from ..sizes import check_size, hw
 
-__all__ = ['PyramidBackbone', 'MaskShapeClassifier', 'ClassAgnosticMaskPredictor', 'mask_rcnn', 'pyramid_levels',
+__all__ = ['PyramidBackbone', 'PyramidMaps', 'MaskShapeClassifier', 'ClassAgnosticMaskPredictor',
+           'ImageMaskRoIAlign', 'ImageGuidedMaskHead', 'ImageGuidedMaskPredictor', 'mask_rcnn', 'pyramid_levels',
            'fg_cls_counts', 'synthetic_targets', 'DEFAULT_IMG_SIZE', 'EXAMPLE_BACKBONES']
 
 DEFAULT_IMG_SIZE = 128
@@ -60,6 +61,13 @@ ANCHOR_SCALE = 4  # anchor side = 4 x level stride (torchvision's COCO anchors a
 EXAMPLE_BACKBONES = ('spach_ms_xxs_patch4_224_conv', 'hire_mlp_tiny', 'swin_mlp_tiny_c24_patch4_window8_256',
                      'mobile_former_26m', 'resnet18')
 MASKRCNN_URL = 'https://github.com/pytorch/vision'
+
+
+class PyramidMaps(OrderedDict):
+    """The FPN's maps by level name (what torchvision's RPN and RoI heads read), plus ``image``: the normalised, padded
+    batch they were computed from, for heads that look at pixels (:class:`ImageGuidedMaskPredictor`)."""
+
+    image: torch.Tensor
 
 
 class PyramidBackbone(nn.Module):
@@ -86,7 +94,7 @@ class PyramidBackbone(nn.Module):
                                          norm_layer=norm_layer)
         self.out_channels = out_channels  # read by torchvision's detectors
 
-    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> PyramidMaps:
         h, w = x.shape[-2:]
         if self.pad_to is not None:
             ph, pw = self.pad_to
@@ -97,7 +105,9 @@ class PyramidBackbone(nn.Module):
         maps = self.body(x)
         if self.pad_to is not None:
             maps = [m[..., :math.ceil(h / s), :math.ceil(w / s)] for m, s in zip(maps, self.strides)]
-        return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))
+        out = PyramidMaps(self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps))))
+        out.image = x
+        return out
 
 
 class MaskShapeClassifier(nn.Module):
@@ -140,6 +150,73 @@ class ClassAgnosticMaskPredictor(MaskRCNNPredictor):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x).expand(-1, self.num_classes, -1, -1)
+
+
+class ImageMaskRoIAlign(MultiScaleRoIAlign):
+    """The mask head's RoIAlign that also crops each RoI from the image itself at twice its output size (the mask
+    resolution), appended to the pooled features as ``PIXEL_CHANNELS`` pixel-unshuffled channels: the pixels reach
+    :class:`ImageGuidedMaskPredictor` through the mask head's tensors, with no state between the calls."""
+
+    def forward(self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_shapes: list[tuple[int, int]],
+                ) -> torch.Tensor:
+        pooled = super().forward(x, boxes, image_shapes)
+        image = getattr(x, 'image', None)
+        if image is None:
+            raise VisionmixError('an image-guided mask head needs the image: use it with PyramidBackbone')
+        size = 2 * self.output_size[0]
+        crops = roi_align(image, [b.to(image.dtype) for b in boxes], size, 1.0, self.sampling_ratio)
+        return torch.cat([pooled, F.pixel_unshuffle(crops, 2)], 1)
+
+
+PIXEL_CHANNELS = 12  # an RGB crop at the mask resolution, pixel-unshuffled to the pooled grid (3 x 2 x 2)
+
+
+class ImageGuidedMaskHead(nn.Module):
+    """torchvision's mask head on the pooled features; the image channels of :class:`ImageMaskRoIAlign` pass by it
+    untouched to the predictor."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.head(x[:, :-PIXEL_CHANNELS]), x[:, -PIXEL_CHANNELS:]], 1)
+
+
+class ImageGuidedMaskPredictor(nn.Module):
+    """A mask predictor that sharpens its masks with the pixels of the RoI.
+
+    On small images a 20 px object covers 5x5 cells of the stride-4 map: the mask it gives is rounded, its corners
+    lost, while the image has them. torchvision's predictor (2x transposed convolution, ReLU, 1x1) gives coarse
+    logits; a small conv net over the upsampled features, those logits and the RoI's RGB crop adds a residual.
+
+    Args:
+        in_channels: Mask head output channels.
+        dim_reduced: Channels after the transposed convolution.
+        num_classes: Classes including the background.
+        class_agnostic: One mask for every class (returned as a view per class, as
+            :class:`ClassAgnosticMaskPredictor`), else one per class.
+        width: Channels of the refining convolutions.
+    """
+
+    def __init__(self, in_channels: int, dim_reduced: int, num_classes: int, class_agnostic: bool = True,
+                 width: int = 32) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        masks = 1 if class_agnostic else num_classes
+        self.upsample = nn.ConvTranspose2d(in_channels, dim_reduced, 2, 2)
+        self.coarse = nn.Conv2d(dim_reduced, masks, 1)
+        self.refine = nn.Sequential(
+            nn.Conv2d(dim_reduced + masks + PIXEL_CHANNELS // 4, width, 3, padding=1), _group_norm(width),
+            nn.ReLU(inplace=True), nn.Conv2d(width, width, 3, padding=1), _group_norm(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, masks, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = F.pixel_shuffle(x[:, -PIXEL_CHANNELS:], 2)
+        features = F.relu(self.upsample(x[:, :-PIXEL_CHANNELS]))
+        coarse = self.coarse(features)
+        logits = coarse + self.refine(torch.cat([features, coarse, pixels], 1))
+        return logits.expand(-1, self.num_classes, -1, -1) if logits.shape[1] == 1 else logits
 
 
 class _RoIHeadsWithStats(RoIHeads):
@@ -352,9 +429,10 @@ def mask_rcnn(
         box_positive_fraction: float = 0.5,
         box_canonical_scale: int = 56,
         box_detections_per_img: int = 100,
-        box_score_thresh: float = 0.05,
+        box_score_thresh: float | None = None,
         mask_classifier: bool = False,
         class_agnostic_masks: bool | None = None,
+        mask_refine: bool = False,
         backbone_checkpoint: str | None = None,
         drop_path_rate: float = 0.0,
         backbone_kwargs: dict[str, Any] | None = None,
@@ -390,12 +468,14 @@ def mask_rcnn(
             800 px images): 56 takes a 28-56 px object's box features from the stride-8 map, deeper and more
             semantic than the stride-4 map 224 would pick on 128 px images. Masks keep 224 (fine detail).
         box_detections_per_img: Detections kept per image (COCO AP counts up to 100).
-        box_score_thresh: Detections below this score are dropped.
+        box_score_thresh: Detections whose box score is below this are dropped (default 0.05, torchvision's; 0.01
+            with ``mask_classifier``, which may raise a detection's rank above that of higher box scores).
         mask_classifier: Add a :class:`MaskShapeClassifier` that learns the class from ground-truth masks and, at
             inference, multiplies each detection's score by its label's probability on the predicted mask (for
             classes told apart by their outline).
         class_agnostic_masks: One mask for all classes (:class:`ClassAgnosticMaskPredictor`); default: on with
             ``mask_classifier`` (a class-specific mask is drawn in the shape of its label), else off.
+        mask_refine: Sharpen the masks with the pixels of each RoI (:class:`ImageGuidedMaskPredictor`).
         backbone_checkpoint: Local backbone weights (our or the official layout), loaded before the head is pruned.
         drop_path_rate: Stochastic depth of the backbone.
         backbone_kwargs: More arguments for the backbone's builder.
@@ -411,7 +491,8 @@ def mask_rcnn(
     pyramid_strides = (*strides, 2 * strides[-1])  # LastLevelMaxPool adds a level at twice the last stride
     anchor_sizes = tuple(anchor_sizes or (ANCHOR_SCALE * s for s in pyramid_strides))
     _check_options(backbone, num_classes, min_size, max_size, anchor_sizes, len(pyramid_strides))
-    for key, value in (('mask_classifier', mask_classifier), ('class_agnostic_masks', class_agnostic_masks)):
+    for key, value in (('mask_classifier', mask_classifier), ('class_agnostic_masks', class_agnostic_masks),
+                       ('mask_refine', mask_refine)):
         if value is not None and not isinstance(value, bool):
             raise ModelArgumentError(f'maskrcnn:{backbone}: {key} must be true or false, got {value!r}')
     agnostic = mask_classifier if class_agnostic_masks is None else class_agnostic_masks
@@ -423,6 +504,12 @@ def mask_rcnn(
     pad_to = size if fixed else None
     norm = _norm_layer(backbone, head_norm)
     pyramid = PyramidBackbone(body, channels, strides, fpn_channels, pad_to, norm)
+    mask_head = MaskRCNNHeads(fpn_channels, [mask_head_channels] * mask_head_layers, dilation=1, norm_layer=norm)
+    if mask_refine:
+        mask_predictor = ImageGuidedMaskPredictor(mask_head_channels, mask_head_channels, num_classes, agnostic)
+    else:
+        mask_predictor = (ClassAgnosticMaskPredictor if agnostic else MaskRCNNPredictor)(
+            mask_head_channels, mask_head_channels, num_classes)
     names = [str(i) for i in range(len(strides))]
     card = model_card(backbone)
     model = MaskRCNN(
@@ -439,11 +526,11 @@ def mask_rcnn(
         box_predictor=FastRCNNPredictor(box_head_dim, num_classes),
         box_batch_size_per_image=box_batch_size_per_image, box_positive_fraction=box_positive_fraction,
         box_detections_per_img=box_detections_per_img,
-        box_score_thresh=box_score_thresh,
-        mask_roi_pool=MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2),
-        mask_head=MaskRCNNHeads(fpn_channels, [mask_head_channels] * mask_head_layers, dilation=1, norm_layer=norm),
-        mask_predictor=(ClassAgnosticMaskPredictor if agnostic else MaskRCNNPredictor)(
-            mask_head_channels, mask_head_channels, num_classes))
+        box_score_thresh=box_score_thresh if box_score_thresh is not None else 0.01 if mask_classifier else 0.05,
+        mask_roi_pool=(ImageMaskRoIAlign if mask_refine else MultiScaleRoIAlign)(names, output_size=14,
+                                                                                  sampling_ratio=2),
+        mask_head=ImageGuidedMaskHead(mask_head) if mask_refine else mask_head,
+        mask_predictor=mask_predictor)
     model.roi_heads.__class__ = _RoIHeadsWithStats  # adds no state: the running metric and the optional classifier
     if mask_classifier:
         model.roi_heads.mask_classifier = MaskShapeClassifier(num_classes - 1)
