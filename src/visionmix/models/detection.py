@@ -18,6 +18,11 @@ segmentation issue): torchvision's COCO heads (256-channel FPN, 1024-wide FC lay
 convolutions, 2000 proposals, 512 RoIs) cost ~15x more per step on 128 px images and every one of them is an option
 of :func:`mask_rcnn`.
 
+Two options go past torchvision's heads, for classes told apart by their outline (``shapes-inst``), where the box
+classifier learns the class slowly while the mask head learns figure and ground fast: ``mask_classifier`` adds a
+small conv net that names the class from the mask (trained on ground-truth masks, used to rescore detections) and
+``mask_refine`` sharpens the masks with the pixels of each RoI. Both are off by default.
+
 Nothing is ever downloaded (``weights=None`` everywhere); ``backbone_checkpoint`` loads local backbone weights in
 visionmix's or the official layout. Normalisation lives in the model: torchvision's ``GeneralizedRCNNTransform``
 normalises with the backbone card's mean / std, so the model takes float RGB images in [0, 1], each ``(3, H, W)``,
