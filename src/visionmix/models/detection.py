@@ -66,6 +66,7 @@ ANCHOR_SCALE = 4  # anchor side = 4 x level stride (torchvision's COCO anchors a
 EXAMPLE_BACKBONES = ('spach_ms_xxs_patch4_224_conv', 'hire_mlp_tiny', 'swin_mlp_tiny_c24_patch4_window8_256',
                      'mobile_former_26m', 'resnet18')
 MASKRCNN_URL = 'https://github.com/pytorch/vision'
+PIXEL_CHANNELS = 12  # an RGB crop at the mask resolution, pixel-unshuffled to the pooled grid (3 x 2 x 2)
 
 
 class PyramidMaps(OrderedDict):
@@ -171,9 +172,6 @@ class ImageMaskRoIAlign(MultiScaleRoIAlign):
         size = 2 * self.output_size[0]
         crops = roi_align(image, [b.to(image.dtype) for b in boxes], size, 1.0, self.sampling_ratio)
         return torch.cat([pooled, F.pixel_unshuffle(crops, 2)], 1)
-
-
-PIXEL_CHANNELS = 12  # an RGB crop at the mask resolution, pixel-unshuffled to the pooled grid (3 x 2 x 2)
 
 
 class ImageGuidedMaskHead(nn.Module):
