@@ -100,8 +100,8 @@ def test_bad_detector_options_are_argument_errors():
 
 def test_mask_classifier_learns_from_ground_truth_masks_and_rescores_detections():
     """Training adds loss_mask_class (ground-truth masks on their boxes; a zero that still reaches every classifier
-    parameter when the batch has no instance); inference keeps the same detections, each score multiplied by the
-    classifier's probability of its label on the predicted mask, sorted again."""
+    parameter when the batch has no instance); inference keeps the same detections, each scored by the geometric mean
+    of its box score and the classifier's probability of its label on the predicted mask, sorted again."""
     from visionmix.models.detection import ClassAgnosticMaskPredictor, MaskShapeClassifier
 
     torch.manual_seed(0)
@@ -130,7 +130,9 @@ def test_mask_classifier_learns_from_ground_truth_masks_and_rescores_detections(
     assert torch.all(rescored['scores'][:-1] >= rescored['scores'][1:])
     key = lambda det, i: (tuple(det['boxes'][i].tolist()), int(det['labels'][i]))  # noqa: E731
     plain_score = {key(plain, i): float(plain['scores'][i]) for i in range(len(plain['scores']))}
-    assert all(0 < float(rescored['scores'][i]) < plain_score[key(rescored, i)] for i in range(len(plain['scores'])))
+    assert {key(rescored, i) for i in range(len(plain['scores']))} == set(plain_score)
+    assert all(0 < float(rescored['scores'][i]) <= plain_score[key(rescored, i)] ** 0.5
+               for i in range(len(plain['scores'])))  # sqrt(score x p) <= sqrt(score)
 
     # the rule itself, on a hand-made detection and a classifier whose probabilities are known
     class Fixed(torch.nn.Module):
@@ -139,7 +141,7 @@ def test_mask_classifier_learns_from_ground_truth_masks_and_rescores_detections(
     det = dict(boxes=torch.rand(3, 4), labels=torch.tensor([1, 2, 2]), scores=torch.tensor([0.9, 0.8, 0.5]),
                masks=torch.rand(3, 1, 28, 28))
     out = heads._rescore(Fixed(), det)
-    assert out['scores'].tolist() == pytest.approx([0.45, 0.4, 0.08])  # 0.9 x 0.5, 0.5 x 0.8, 0.8 x 0.1
+    assert out['scores'].tolist() == pytest.approx([0.45 ** 0.5, 0.4 ** 0.5, 0.08 ** 0.5])  # 0.9 x 0.5, 0.5 x 0.8, ...
     assert torch.equal(out['labels'], torch.tensor([1, 2, 2])) and torch.equal(out['boxes'], det['boxes'][[0, 2, 1]])
 
 

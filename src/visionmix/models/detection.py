@@ -227,9 +227,9 @@ class _RoIHeadsWithStats(RoIHeads):
     right (detectron2's ``fast_rcnn/fg_cls_accuracy``): a cheap running metric for the training loop.
 
     With a ``mask_classifier`` (:class:`MaskShapeClassifier`, set by :func:`mask_rcnn`) it also learns to name each
-    ground-truth instance from its ground-truth mask (``loss_mask_class``), and at inference multiplies each
-    detection's score by the probability the classifier gives its label on the predicted mask, then re-sorts. Without
-    one nothing else changes: no parameter, no output."""
+    ground-truth instance from its ground-truth mask (``loss_mask_class``), and at inference scores each detection by
+    the geometric mean of its box score and the probability the classifier gives its label on the predicted mask,
+    then re-sorts. Without one nothing else changes: no parameter, no output."""
 
     fg_stats: tuple[int, int] = (0, 0)
     _sampled_labels: torch.Tensor | None = None
@@ -267,7 +267,9 @@ class _RoIHeadsWithStats(RoIHeads):
         if not len(det['scores']):
             return det
         probs = classifier(det['masks']).softmax(1)
-        scores = det['scores'] * probs.gather(1, (det['labels'] - 1)[:, None])[:, 0]
+        # the product ranks best (measured); its square root ranks the same and stays on a probability's scale, so
+        # score thresholds (predict draws >= 0.5) keep their meaning
+        scores = (det['scores'] * probs.gather(1, (det['labels'] - 1)[:, None])[:, 0]).sqrt()
         order = scores.argsort(descending=True)
         return {**{k: v[order] for k, v in det.items()}, 'scores': scores[order]}
 
@@ -474,8 +476,8 @@ def mask_rcnn(
         box_score_thresh: Detections whose box score is below this are dropped (default 0.05, torchvision's; 0.01
             with ``mask_classifier``, which may raise a detection's rank above that of higher box scores).
         mask_classifier: Add a :class:`MaskShapeClassifier` that learns the class from ground-truth masks and, at
-            inference, multiplies each detection's score by its label's probability on the predicted mask (for
-            classes told apart by their outline).
+            inference, scores each detection by the geometric mean of its box score and its label's probability on
+            the predicted mask (for classes told apart by their outline).
         class_agnostic_masks: One mask for all classes (:class:`ClassAgnosticMaskPredictor`); default: on with
             ``mask_classifier`` (a class-specific mask is drawn in the shape of its label), else off.
         mask_refine: Sharpen the masks with the pixels of each RoI (:class:`ImageGuidedMaskPredictor`).
