@@ -423,6 +423,10 @@ def test_predict_writes_overlays_and_coco_results_pycocotools_loads(tmp_path):
     out = tmp_path / 'pred'
     results = Instance.predict_images(model, dict(classes=['a', 'b']), images, out)
     assert [r['image_id'] for r in results] == [1, 2] and all(Path(r['overlay']).is_file() for r in results)
+    everything = Instance.predict_images(model, dict(classes=['a', 'b']), images, tmp_path / 'all', min_score=0.0)
+    assert all(i['score'] >= 0.5 for r in results for i in r['instances'])  # the default floor
+    listed = sum(len(r['instances']) for r in everything)
+    assert listed == len(json.loads((tmp_path / 'all' / 'coco_results.json').read_text())) > 0  # min 0: all
     assert Image.open(results[1]['overlay']).size == (64, 48)
     dets = json.loads((out / 'coco_results.json').read_text())
     assert dets and {d['image_id'] for d in dets} <= {1, 2}
@@ -464,7 +468,7 @@ def test_train_resume_eval_predict(tmp_path, capsys):
     """A short run through the one loop: resumes exactly (RoI sampling, flips and EMA included), then eval.json and
     predictions from the run directory."""
     from visionmix.engine.config import load_config
-    from visionmix.engine.evaluate import predict, run_eval
+    from visionmix.engine.evaluate import EvalError, predict, run_eval
     from visionmix.engine.train import train
 
     full = train(load_config(overrides=dict(RUN, output=str(tmp_path / 'full'))), progress=False)
@@ -487,8 +491,13 @@ def test_train_resume_eval_predict(tmp_path, capsys):
     assert Path(out[0]['overlay']).is_file() and (tmp_path / 'pred' / 'coco_results.json').is_file()
     capsys.readouterr()
     from visionmix.cli import main
-    assert main(['predict', '--checkpoint', str(tmp_path / 'full'), str(img), '--output', str(tmp_path / 'p2')]) == 0
+    assert main(['predict', '--checkpoint', str(tmp_path / 'full'), str(img), '--output', str(tmp_path / 'p2'),
+                 '--min-score', '0']) == 0
     assert 'instance(s)' in capsys.readouterr().out  # the command line prints one line per image for this task too
+    with pytest.raises(EvalError, match='min-score must be in'):
+        predict(tmp_path / 'full', [img], output=tmp_path / 'p3', min_score=1.5)
+    low = predict(tmp_path / 'full', [img], output=tmp_path / 'p4', min_score=0.0)
+    assert len(low[0]['instances']) == len(json.loads((tmp_path / 'p4' / 'coco_results.json').read_text()))
 
 
 def test_backbone_widths_follow_backbone_kwargs_and_the_instance_study_is_cost_matched():

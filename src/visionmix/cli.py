@@ -378,7 +378,7 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         results = predict(args.checkpoint, args.images, topk=args.topk, output=args.output, strict=args.strict,
-                          backend=args.backend)
+                          backend=args.backend, min_score=args.min_score)
     for warning in caught:  # e.g. unreadable images that were skipped: one line each, on stderr
         Console(stderr=True).print(f'warning: {warning.message}', style='yellow', highlight=False, markup=False,
                                    soft_wrap=True)
@@ -413,6 +413,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--backend', choices=('eager', 'onnxruntime'), default='eager',
                    help='run the model eagerly or through ONNX Runtime (exported and checked first; deploy extra)')
     p.add_argument('--topk', type=int, default=5)
+    p.add_argument('--min-score', type=float, default=None,
+                   help='instance segmentation: draw and list detections scoring at least this (default 0.5; the '
+                        'COCO results JSON keeps all)')
     p.add_argument('--output', default='predictions',
                    help='directory for the mask PNGs of a segmentation checkpoint (default predictions)')
     p.add_argument('--json', action='store_true', help='print the results as JSON')

@@ -173,16 +173,19 @@ def _is_trained(path: Path) -> bool:
 
 
 def predict(checkpoint: str | Path, images: Sequence[str | Path], topk: int = 5, output: str | Path = 'predictions',
-            strict: bool = False, backend: str = 'eager') -> list[dict[str, Any]]:
+            strict: bool = False, backend: str = 'eager', min_score: float | None = None) -> list[dict[str, Any]]:
     """The checkpoint task's predictions for image files, folders or glob patterns.
 
     Classifiers give the top-k classes with probabilities; segmentation models write ``<stem>_mask.png`` per image
     to ``output``. Unreadable images are skipped with a warning (``strict``: the first one is an error), and what
     could be predicted is returned. ``backend='onnxruntime'`` runs the model through ONNX Runtime (exported at the
-    training size and checked against eager first).
+    training size and checked against eager first). Instance segmentation checkpoints draw and list the detections
+    scoring ``min_score`` or more (default 0.5); the COCO results JSON keeps every detection.
     """
     if topk < 1:
         raise EvalError(f'--topk must be >= 1, got {topk}')
+    if min_score is not None and not 0.0 <= min_score <= 1.0:
+        raise EvalError(f'--min-score must be in [0, 1], got {min_score}')
     paths = expand_images(images)
     model, trained = load_trained(checkpoint)
     if backend != 'eager':
@@ -191,4 +194,5 @@ def predict(checkpoint: str | Path, images: Sequence[str | Path], topk: int = 5,
     if skipped:
         warnings.warn(f'skipped {len(skipped)} unreadable image(s) of {len(paths)}: {skipped[0]}'
                       + (f' (and {len(skipped) - 1} more)' if len(skipped) > 1 else ''), stacklevel=2)
-    return get_task(trained['task']).predict_images(model, trained, readable, Path(output), topk=topk)
+    return get_task(trained['task']).predict_images(model, trained, readable, Path(output), topk=topk,
+                                                        min_score=min_score)

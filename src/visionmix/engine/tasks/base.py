@@ -138,8 +138,11 @@ class Task:
 
     @classmethod
     def predict_images(cls, model: nn.Module, trained: dict[str, Any], images: list[tuple[Path, Image.Image]],
-                       output: Path, topk: int = 5) -> list[dict[str, Any]]:
-        """Predictions for already-read RGB images; writes per-image outputs (masks, overlays) to ``output``."""
+                       output: Path, topk: int = 5, min_score: float | None = None,
+                       ) -> list[dict[str, Any]]:
+        """Predictions for already-read RGB images; writes per-image outputs (masks, overlays) to ``output``.
+        ``topk`` is for classifiers, ``min_score`` for detectors (the lowest score drawn and listed; None: the task's
+        default); a task ignores what it has no use for."""
         raise NotImplementedError
 
 

@@ -105,7 +105,8 @@ class Classification(Task):
     @classmethod
     @torch.no_grad()
     def predict_images(cls, model: nn.Module, trained: dict[str, Any], images: list[tuple[Path, Image.Image]],
-                       output: Path, topk: int = 5) -> list[dict[str, Any]]:
+                       output: Path, topk: int = 5, min_score: float | None = None,
+                       ) -> list[dict[str, Any]]:
         """Top-k classes with probabilities, the checkpoint's class names and preprocessing."""
         transform, classes = eval_transform(model), trained['classes']
         k = min(topk, len(classes))

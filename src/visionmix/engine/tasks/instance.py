@@ -229,12 +229,15 @@ class Instance(Task):
     @classmethod
     @torch.no_grad()
     def predict_images(cls, model: nn.Module, trained: dict[str, Any], images: list[tuple[Path, Image.Image]],
-                       output: Path, topk: int = 5) -> list[dict[str, Any]]:
-        """Per image ``<stem>_instances.png`` (masks, boxes, labels, scores >= 0.5) and, for all of them,
+                       output: Path, topk: int = 5, min_score: float | None = None,
+                       ) -> list[dict[str, Any]]:
+        """Per image ``<stem>_instances.png`` (masks, boxes, labels, scores >= ``min_score``, default
+        :data:`OVERLAY_SCORE`) and, for all of them,
         ``coco_results.json`` (every detection, RLE masks, ``image_id`` = position + 1, ``category_id`` = label) with
         ``coco_images.json`` (the images and categories those ids refer to), so
         ``COCO('coco_images.json').loadRes('coco_results.json')`` reads them. ``topk`` is not used."""
         classes, results, used, dets = trained['classes'], [], set(), []
+        min_score = OVERLAY_SCORE if min_score is None else min_score
         output.mkdir(parents=True, exist_ok=True)
         model.eval()
         for path, rgb in images:
@@ -245,8 +248,8 @@ class Instance(Task):
             if name in used:  # two inputs with one stem (other folders): keep both
                 name = f'{path.stem}_{len(used)}_instances.png'
             used.add(name)
-            Image.fromarray(draw_instances(image, det, classes)).save(output / name)
-            keep = det['scores'] >= OVERLAY_SCORE
+            Image.fromarray(draw_instances(image, det, classes, min_score)).save(output / name)
+            keep = det['scores'] >= min_score
             results.append(dict(image=str(path), overlay=str(output / name), size=[rgb.width, rgb.height],
                                 image_id=len(results) + 1, instances=[
                                     dict(label=classes[int(lab) - 1], index=int(lab), score=float(s),

@@ -192,7 +192,8 @@ class Refinement(Task):
 
     @classmethod
     def predict_images(cls, model: nn.Module, trained: dict[str, Any], images: list[tuple[Path, Image.Image]],
-                       output: Path, topk: int = 5) -> list[dict[str, Any]]:
+                       output: Path, topk: int = 5, min_score: float | None = None,
+                       ) -> list[dict[str, Any]]:
         """A refiner needs coarse masks as well as images: ``visionmix bpr refine`` is its prediction command."""
         raise VisionmixError(f'{trained["checkpoint"]} is a BPR refiner: it refines coarse instance masks, use '
                              f'`visionmix bpr refine --checkpoint RUN --coarse RESULTS.json IMAGES...`')

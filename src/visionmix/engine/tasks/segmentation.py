@@ -133,7 +133,8 @@ class Segmentation(Task):
     @classmethod
     @torch.no_grad()
     def predict_images(cls, model: nn.Module, trained: dict[str, Any], images: list[tuple[Path, Image.Image]],
-                       output: Path, topk: int = 5) -> list[dict[str, Any]]:
+                       output: Path, topk: int = 5, min_score: float | None = None,
+                       ) -> list[dict[str, Any]]:
         """``<stem>_mask.png`` per image at the image's own size (binary: 0/255; several classes: a palette PNG of
         class indices) and the share of pixels per foreground class."""
         _, transform = segmentation_transforms(trained['img_size'], trained['mean'], trained['std'],
