@@ -400,7 +400,7 @@ def _norm_layer(backbone: str, head_norm: str) -> Callable[[int], nn.Module] | N
 
 
 def _check_options(backbone: str, num_classes: int, min_size: int, max_size: int, anchor_sizes: Sequence[int],
-                   num_levels: int) -> None:
+                   num_levels: int, switches: dict[str, bool | None]) -> None:
     name = f'maskrcnn:{backbone}'
     if num_classes < 2:
         raise ModelArgumentError(f'{name}: num_classes counts the background too and must be >= 2, got {num_classes}')
@@ -410,6 +410,24 @@ def _check_options(backbone: str, num_classes: int, min_size: int, max_size: int
     if len(anchor_sizes) != num_levels or not all(isinstance(s, (int, float)) and s > 0 for s in anchor_sizes):
         raise ModelArgumentError(f'{name}: anchor_sizes needs {num_levels} positive sizes (one per FPN level, the '
                                  f'last for the max-pooled level), got {list(anchor_sizes)}')
+    for key, value in switches.items():
+        if value is not None and not isinstance(value, bool):
+            raise ModelArgumentError(f'{name}: {key} must be true or false, got {value!r}')
+
+
+def _mask_branch(names: list[str], channels: int, head_channels: int, head_layers: int,
+                 norm: Callable[[int], nn.Module] | None, num_classes: int, agnostic: bool, refine: bool,
+                 ) -> dict[str, nn.Module]:
+    """torchvision's mask RoIAlign, head and predictor (``agnostic``: one mask for all classes), or their
+    image-guided versions (``refine``), as :class:`MaskRCNN` keyword arguments."""
+    head = MaskRCNNHeads(channels, [head_channels] * head_layers, dilation=1, norm_layer=norm)
+    if refine:
+        return dict(mask_roi_pool=ImageMaskRoIAlign(names, output_size=14, sampling_ratio=2),
+                    mask_head=ImageGuidedMaskHead(head),
+                    mask_predictor=ImageGuidedMaskPredictor(head_channels, head_channels, num_classes, agnostic))
+    predictor = ClassAgnosticMaskPredictor if agnostic else MaskRCNNPredictor
+    return dict(mask_roi_pool=MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2), mask_head=head,
+                mask_predictor=predictor(head_channels, head_channels, num_classes))
 
 
 def mask_rcnn(
@@ -495,11 +513,9 @@ def mask_rcnn(
     min_size, max_size = min_size or side, max_size or side
     pyramid_strides = (*strides, 2 * strides[-1])  # LastLevelMaxPool adds a level at twice the last stride
     anchor_sizes = tuple(anchor_sizes or (ANCHOR_SCALE * s for s in pyramid_strides))
-    _check_options(backbone, num_classes, min_size, max_size, anchor_sizes, len(pyramid_strides))
-    for key, value in (('mask_classifier', mask_classifier), ('class_agnostic_masks', class_agnostic_masks),
-                       ('mask_refine', mask_refine)):
-        if value is not None and not isinstance(value, bool):
-            raise ModelArgumentError(f'maskrcnn:{backbone}: {key} must be true or false, got {value!r}')
+    _check_options(backbone, num_classes, min_size, max_size, anchor_sizes, len(pyramid_strides),
+                   dict(mask_classifier=mask_classifier, class_agnostic_masks=class_agnostic_masks,
+                        mask_refine=mask_refine))
     agnostic = mask_classifier if class_agnostic_masks is None else class_agnostic_masks
     if fixed and max_size > min(size):
         raise ModelArgumentError(f'maskrcnn:{backbone}: the backbone takes {size[0]}x{size[1]} input only, so '
@@ -509,12 +525,6 @@ def mask_rcnn(
     pad_to = size if fixed else None
     norm = _norm_layer(backbone, head_norm)
     pyramid = PyramidBackbone(body, channels, strides, fpn_channels, pad_to, norm)
-    mask_head = MaskRCNNHeads(fpn_channels, [mask_head_channels] * mask_head_layers, dilation=1, norm_layer=norm)
-    if mask_refine:
-        mask_predictor = ImageGuidedMaskPredictor(mask_head_channels, mask_head_channels, num_classes, agnostic)
-    else:
-        mask_predictor = (ClassAgnosticMaskPredictor if agnostic else MaskRCNNPredictor)(
-            mask_head_channels, mask_head_channels, num_classes)
     names = [str(i) for i in range(len(strides))]
     card = model_card(backbone)
     model = MaskRCNN(
@@ -532,11 +542,10 @@ def mask_rcnn(
         box_batch_size_per_image=box_batch_size_per_image, box_positive_fraction=box_positive_fraction,
         box_detections_per_img=box_detections_per_img,
         box_score_thresh=box_score_thresh if box_score_thresh is not None else 0.01 if mask_classifier else 0.05,
-        mask_roi_pool=(ImageMaskRoIAlign if mask_refine else MultiScaleRoIAlign)(names, output_size=14,
-                                                                                  sampling_ratio=2),
-        mask_head=ImageGuidedMaskHead(mask_head) if mask_refine else mask_head,
-        mask_predictor=mask_predictor)
-    model.roi_heads.__class__ = _RoIHeadsWithStats  # adds no state: the running metric and the optional classifier
+        **_mask_branch(names, fpn_channels, mask_head_channels, mask_head_layers, norm, num_classes, agnostic,
+                       mask_refine))
+    # the subclass adds no state of its own: the running metric, and the mask classifier when one is set below
+    model.roi_heads.__class__ = _RoIHeadsWithStats
     if mask_classifier:
         model.roi_heads.mask_classifier = MaskShapeClassifier(num_classes - 1)
     model.roi_heads.box_predictor.register_forward_hook(model.roi_heads.record_fg_accuracy)
