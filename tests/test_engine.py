@@ -330,3 +330,29 @@ def test_precise_bn_recomputes_the_statistics_the_eval_sees(tmp_path):
     assert counters and all(precise[k].item() == 3 for k in counters)  # 24 images / batch 8
     assert all(plain[k].item() == 8 for k in counters)  # 64 images / batch 8: the training steps
     assert load_config(overrides=dict(dataset='digits')).precise_bn > 0  # on in the small-image recipe
+
+
+def test_eval_every_validates_every_nth_and_the_last_epoch(tmp_path, monkeypatch):
+    """eval_every=2 over 5 epochs evaluates after epochs 2, 4 and 5 only; the others record NaN and are never the best;
+    a resume keeps the schedule; the CLI flag sets it and a bad value is one line."""
+    calls = []
+    evaluate = engine_train.Trainer.validate
+
+    def counting(self):
+        calls.append(len(self.history) + 1)
+        return evaluate(self)
+
+    monkeypatch.setattr(engine_train.Trainer, 'validate', counting)
+    train(tiny(tmp_path, epochs=5, limit_train=128, eval_every=2), progress=False, stop_after=3)
+    res = train(resume=tmp_path / 'run', progress=False)
+    assert calls == [2, 4, 5]
+    scores = [row['val_top1'] for row in res.history]
+    assert [s == s for s in scores] == [False, True, False, True, True]  # NaN != NaN
+    assert all(row['img_s'] > 0 for row in res.history)
+    assert res.best_epoch in (2, 4, 5) and res.best_score == max(scores[1], scores[3], scores[4])
+    assert res.score == scores[-1]
+    with open(tmp_path / 'run' / 'metrics.csv') as f:
+        assert [r['val_top1'] for r in csv.DictReader(f)][0] == 'nan'
+    assert build_parser().parse_args(['train', '--eval-every', '3']).eval_every == 3
+    with pytest.raises(ConfigError, match='eval_every must be a positive integer'):
+        load_config(overrides=dict(eval_every=0))

@@ -237,7 +237,7 @@ def _overrides(args: argparse.Namespace) -> dict:
 
     out = parse_overrides(getattr(args, 'set', None))
     for key in ('model', 'dataset', 'epochs', 'batch_size', 'lr', 'seed', 'output', 'threads', 'workers',
-                'img_size', 'init_checkpoint'):
+                'img_size', 'init_checkpoint', 'eval_every'):
         value = getattr(args, key, None)
         if value is not None:
             out[key] = value
@@ -298,6 +298,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--epochs', type=int)
     p.add_argument('--batch-size', type=int, help='global batch size')
     p.add_argument('--lr', type=float)
+    p.add_argument('--eval-every', type=int, metavar='N',
+                   help='validate every N epochs and after the last (default 1); best.safetensors is the best '
+                        'validated epoch')
     p.add_argument('--img-size', type=size_arg, metavar='N|HxW',
                    help='training input size (default 32); too small for the model is an error that names the '
                         'smallest side that works')

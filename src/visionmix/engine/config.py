@@ -78,6 +78,9 @@ class TrainConfig:
     amp: bool = False
     output: str = 'runs/train'
     save_best: bool = True
+    # validate after every N-th epoch and after the last one; the epochs in between record NaN val metrics, and
+    # best.safetensors is the best validated epoch. Detection evaluation can cost a third of a short CPU run
+    eval_every: int = 1
     recipe: str = ''  # the named recipe under the explicit values (default: the dataset's); set by load_config
     init_checkpoint: str | None = None  # fine-tune: start from these weights (a file or a run dir), head adapted
     pretrained: bool = False  # fine-tune: start from the model's published weights
@@ -90,7 +93,7 @@ class TrainConfig:
         need(isinstance(self.model, str) and self.model != '', f'model must be a registered name, got {self.model!r}')
         need(isinstance(self.model_kwargs, dict), f'model_kwargs must be a mapping, got {self.model_kwargs!r}')
         self.img_size = check_size(self.img_size)
-        for name in ('epochs', 'batch_size'):
+        for name in ('epochs', 'batch_size', 'eval_every'):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v > 0, f'{name} must be a positive integer, '
                  f'got {v!r}')

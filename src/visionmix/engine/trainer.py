@@ -101,6 +101,7 @@ class EpochTotals:
     metric_num: float = 0.0
     metric_den: float = 0.0
     samples: int = 0
+    seconds: float = 0.0  # wall clock of the training steps (the slowest rank's, after all_reduce)
 
     def add(self, loss: float, metric_num: float, metric_den: float, samples: int) -> None:
         self.loss_sum += loss * samples
@@ -112,6 +113,9 @@ class EpochTotals:
         sums = torch.tensor([self.loss_sum, self.metric_num, self.metric_den, self.samples], dtype=torch.float64)
         dist.all_reduce(sums)
         self.loss_sum, self.metric_num, self.metric_den, self.samples = sums.tolist()
+        seconds = torch.tensor([self.seconds], dtype=torch.float64)
+        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+        self.seconds = seconds.item()
 
     @property
     def loss(self) -> float:
@@ -235,7 +239,7 @@ class Trainer:
         try:  # a run that raises still closes its event file and writer thread
             for epoch in range(self.start_epoch, last_epoch):
                 totals = self.train_epoch(epoch)
-                metrics = self.validate()
+                metrics = self.validate() if self.validates(epoch) else self.unvalidated()
                 row = self.record(epoch, totals, metrics, writer)
                 self.save(epoch, metrics[self.task.metric], row)
         finally:
@@ -359,6 +363,7 @@ class Trainer:
                 totals.add(loss, out.metric_num, out.metric_den, task.batch_size_of(inputs))
                 bar.update(loss, totals.metric, self.optimizer.param_groups[0]['lr'],
                            totals.samples * self.world / max(time.perf_counter() - self.epoch_start, 1e-9))
+        totals.seconds = time.perf_counter() - self.epoch_start
         if self.scheduler is not None:
             self.scheduler.step(epoch + 1)
         if self.world > 1:
@@ -376,6 +381,14 @@ class Trainer:
             metrics[f'{self.task.metric}_raw'] = raw[self.task.metric]
         return metrics
 
+    def validates(self, epoch: int) -> bool:
+        """``eval_every``: whether the (0-based) epoch is validated; the last epoch always is."""
+        return (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs
+
+    def unvalidated(self) -> dict[str, Any]:
+        """The metrics row of an epoch that ``eval_every`` skips: NaN, so it is never the best."""
+        return dict.fromkeys(('loss', *self.task.val_metrics), float('nan'))
+
     def recompute_bn_statistics(self) -> None:
         """``precise_bn``: BatchNorm running statistics recomputed exactly (torch's ``update_bn``, a cumulative
         average) over the same first training images on every rank, so eval sees the weights it evaluates."""
@@ -392,21 +405,24 @@ class Trainer:
         """Add the epoch's row to the history, print it and log it."""
         task, epoch_time = self.task, time.perf_counter() - self.epoch_start
         self.train_seconds += epoch_time
+        # img/s is the training steps' throughput; epoch_seconds includes validation
         row = dict(epoch=epoch + 1, lr=self.optimizer.param_groups[0]['lr'], train_loss=totals.loss,
                    **{f'train_{task.metric}': totals.metric}, val_loss=metrics['loss'],
-                   **{f'val_{k}': metrics[k] for k in task.val_metrics}, img_s=totals.samples / epoch_time,
-                   epoch_seconds=epoch_time)
+                   **{f'val_{k}': metrics[k] for k in task.val_metrics},
+                   img_s=totals.samples / max(totals.seconds, 1e-9), epoch_seconds=epoch_time)
         if f'{task.metric}_raw' in metrics:
             row[f'val_{task.metric}_raw'] = metrics[f'{task.metric}_raw']
         self.history.append(row)
         if self.is_main:
+            score = row[f'val_{task.metric}']
+            val = f'{score:.2f}%' if math.isfinite(score) else f'- (eval_every {self.cfg.eval_every})'
             self.console.print(
                 f'{self.label} epoch {epoch + 1}/{self.cfg.epochs}  loss {row["train_loss"]:.3f}  train '
-                f'{row[f"train_{task.metric}"]:.1f}%  val {task.metric_label} {row[f"val_{task.metric}"]:.2f}%  '
+                f'{row[f"train_{task.metric}"]:.1f}%  val {task.metric_label} {val}  '
                 f'lr {row["lr"]:.2e}  {row["img_s"]:.0f} img/s  {epoch_time:.1f}s', highlight=False)
             if writer is not None:
                 for key, value in row.items():
-                    if key != 'epoch':
+                    if key != 'epoch' and math.isfinite(value):  # NaN: an epoch eval_every does not validate
                         writer.add_scalar(tensorboard_tag(key), value, epoch + 1)
                 writer.flush()
         return row
@@ -538,7 +554,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path, metric: str = 'top1',
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, key, ylabel in ((ax1, 'loss', 'loss'), (ax2, metric, f'{metric_label} (%)')):
         ax.plot(epochs, [h[f'train_{key}'] for h in history], marker='o', label='train')
-        ax.plot(epochs, [h[f'val_{key}'] for h in history], marker='o', label='val')
+        validated = [h for h in history if math.isfinite(h[f'val_{key}'])]  # eval_every skips epochs
+        ax.plot([h['epoch'] for h in validated], [h[f'val_{key}'] for h in validated], marker='o', label='val')
         ax.set_xlabel('epoch')
         ax.set_ylabel(ylabel)
         ax.xaxis.get_major_locator().set_params(integer=True)
