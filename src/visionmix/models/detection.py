@@ -16,7 +16,9 @@ RoIs an image, up to half of them foreground, with box features pooled one level
 would on such small images (``box_canonical_scale``). These choices were measured (the report of the instance
 segmentation issue): torchvision's COCO heads (256-channel FPN, 1024-wide FC layers, four 256-channel mask
 convolutions, 2000 proposals, 512 RoIs) cost ~15x more per step on 128 px images and every one of them is an option
-of :func:`mask_rcnn`.
+of :func:`mask_rcnn`. The RoIAligns are torchvision's, with the gradient computed by
+:class:`~visionmix.layers.roi_align.FastBackwardMultiScaleRoIAlign` on a CPU (torchvision's CPU backward took a
+quarter of a training step).
 
 Two options go past torchvision's heads, for classes told apart by their outline (``shapes-inst``), where the box
 classifier learns the class slowly while the mask head learns figure and ground fast: ``mask_classifier`` adds a
@@ -45,10 +47,11 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, roi_align
+from torchvision.ops import FeaturePyramidNetwork, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..errors import UnknownModelError, VisionmixError
+from ..layers.roi_align import FastBackwardMultiScaleRoIAlign
 from ..registry import (
     Composite, ModelArgumentError, ModelCard, count_parameters, create_model, model_card, register_composite,
     takes_img_size,
@@ -158,7 +161,7 @@ class ClassAgnosticMaskPredictor(MaskRCNNPredictor):
         return super().forward(x).expand(-1, self.num_classes, -1, -1)
 
 
-class ImageMaskRoIAlign(MultiScaleRoIAlign):
+class ImageMaskRoIAlign(FastBackwardMultiScaleRoIAlign):
     """The mask head's RoIAlign that also crops each RoI from the image itself at twice its output size (the mask
     resolution), appended to the pooled features as ``PIXEL_CHANNELS`` pixel-unshuffled channels: the pixels reach
     :class:`ImageGuidedMaskPredictor` through the mask head's tensors, with no state between the calls."""
@@ -426,8 +429,8 @@ def _mask_branch(names: list[str], channels: int, head_channels: int, head_layer
                     mask_head=ImageGuidedMaskHead(head),
                     mask_predictor=ImageGuidedMaskPredictor(head_channels, head_channels, num_classes, agnostic))
     predictor = ClassAgnosticMaskPredictor if agnostic else MaskRCNNPredictor
-    return dict(mask_roi_pool=MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2), mask_head=head,
-                mask_predictor=predictor(head_channels, head_channels, num_classes))
+    return dict(mask_roi_pool=FastBackwardMultiScaleRoIAlign(names, output_size=14, sampling_ratio=2),
+                mask_head=head, mask_predictor=predictor(head_channels, head_channels, num_classes))
 
 
 def mask_rcnn(
@@ -536,7 +539,8 @@ def mask_rcnn(
                                              (tuple(aspect_ratios),) * len(anchor_sizes)),
         rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
-        box_roi_pool=MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2, canonical_scale=box_canonical_scale),
+        box_roi_pool=FastBackwardMultiScaleRoIAlign(names, output_size=7, sampling_ratio=2,
+                                                    canonical_scale=box_canonical_scale),
         box_head=_box_head(fpn_channels, box_head_dim, box_head_convs, norm),
         box_predictor=FastRCNNPredictor(box_head_dim, num_classes),
         box_batch_size_per_image=box_batch_size_per_image, box_positive_fraction=box_positive_fraction,
