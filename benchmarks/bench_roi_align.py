@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import json
 import shlex
 import statistics
 import subprocess
@@ -65,7 +66,6 @@ def main() -> None:
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--out', help='Markdown report to write')
     args = p.parse_args()
-    import json
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -68,8 +68,6 @@ def roi_align_backward(grad: Tensor, rois: Tensor, input_shape: Sequence[int], s
     dtype = grad.dtype
     grad = grad.to(torch.promote_types(dtype, torch.float32))  # box coordinates in bf16 would land on wrong pixels
     out = grad.new_zeros(batch * height * width, channels)
-    if len(rois) == 0:
-        return out.view(batch, height, width, channels).permute(0, 3, 1, 2).to(dtype)
     rois = rois.to(grad.dtype)
     offset = 0.5 if aligned else 0.0
     x1, y1, x2, y2 = (rois[:, 1:] * spatial_scale - offset).unbind(1)
