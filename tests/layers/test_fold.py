@@ -203,6 +203,24 @@ def test_memo_follows_in_place_updates_and_new_statistics():
     assert _rel(_block_forward(block, x), block_reference(block, x)) < RTOL
 
 
+@pytest.mark.parametrize('optimizer', [torch.optim.AdamW, torch.optim.SGD])
+def test_memo_follows_a_fused_optimizer_step(optimizer):
+    """Fused optimizers write the parameters without bumping their version counters: the memo must still see it."""
+    block = _block().eval()
+    x = torch.randn(2, 12, 9, 12)
+    opt = optimizer(block.parameters(), lr=0.1, fused=True)
+    with torch.no_grad():
+        before = _block_forward(block, x)
+    versions = [p._version for p in block.parameters()]
+    for p in block.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert [p._version for p in block.parameters()] == versions  # the reason for this test
+    with torch.no_grad():
+        after = _block_forward(block, x)
+        assert not torch.equal(after, before) and _rel(after, block_reference(block, x)) < RTOL
+
+
 @torch.no_grad()
 def test_memo_follows_replaced_parameters_and_dtype():
     block = _block().eval()

@@ -12,11 +12,13 @@ pass of its own over the activation map:
   padding is not shifted.
 
 The folded tensors are computed from the live parameters. :func:`cached_fold` memoises them while no gradient is
-recorded (eval inference), keyed by the identity, storage and version counter of every source tensor, so that an
-in-place update (``load_state_dict``, an optimizer step, BN statistics) or a move to another device or dtype computes
-them afresh; with gradients enabled, and under ``torch.export`` / ``torch.compile`` / fx tracing, they are recomputed
-on every call as ordinary tensor ops (gradients then reach the BN parameters). A BN in training mode (batch
-statistics) or one without running statistics is never folded (:func:`bn_folds`).
+recorded (eval inference), keyed by the identity, storage and version counter of every source tensor and by the
+number of optimizer steps taken in the process, so that an in-place update (``load_state_dict``, an optimizer step,
+BN statistics) or a move to another device or dtype computes them afresh. The step count is needed because fused
+optimizers (``torch.optim.AdamW(fused=True)``) write the parameters without bumping their version counters. With
+gradients enabled, and under ``torch.export`` / ``torch.compile`` / fx tracing, they are recomputed on every call as
+ordinary tensor ops (gradients then reach the BN parameters). A BN in training mode (batch statistics) or one without
+running statistics is never folded (:func:`bn_folds`).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx import _symbolic_trace
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 __all__ = ['bn_folds', 'bn_scale_shift', 'fold_bn_after', 'fold_bn_before', 'fold_input_norm', 'bn_sources',
            'cached_fold', 'batch_norm_last', 'is_tracing', 'folded_conv_bn', 'conv_bn']
@@ -35,6 +38,18 @@ __all__ = ['bn_folds', 'bn_scale_shift', 'fold_bn_after', 'fold_bn_before', 'fol
 T = TypeVar('T')
 # fx's symbolic tracing only (the general is_fx_tracing warns that it also covers torch.export)
 _fx_tracing = getattr(_symbolic_trace, 'is_fx_symbolic_tracing', _symbolic_trace.is_fx_tracing)
+
+
+class _OptimizerSteps:
+    """Counts optimizer steps in this process (a global post-step hook): part of every memo key."""
+    count = 0
+
+    @classmethod
+    def hook(cls, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        cls.count += 1
+
+
+register_optimizer_step_post_hook(_OptimizerSteps.hook)
 
 
 def is_tracing() -> bool:
@@ -102,7 +117,7 @@ def bn_sources(bn: nn.Module | None) -> tuple[Any, ...]:
 
 
 def _key(sources: Sequence[Any]) -> tuple[Any, ...] | None:
-    key = []
+    key: list[Any] = [_OptimizerSteps.count]
     for s in sources:
         if isinstance(s, torch.Tensor):
             key.append((id(s), s.data_ptr(), s._version, s.dtype, s.device))
