@@ -96,6 +96,45 @@ def test_bad_detector_options_are_argument_errors():
         create_model('maskrcnn:resnet18', num_classes=3, bogus=1)
     with pytest.raises(ModelArgumentError, match='mask_classifier must be true or false'):
         create_model('maskrcnn:resnet18', num_classes=3, mask_classifier='yes')
+    with pytest.raises(ModelArgumentError, match='mask_rois_per_image must be a positive integer'):
+        create_model('maskrcnn:resnet18', num_classes=3, mask_rois_per_image=0)
+
+
+def test_mask_rois_per_image_trains_the_mask_head_on_a_subset():
+    """Above the foreground count the capped branch is torchvision's (same losses, same gradients); a cap of 2 gives
+    the mask head 2 RoIs an image while the box head still sees every sampled RoI."""
+    def step(model, cap):
+        model.roi_heads.mask_rois_per_image = cap
+        sizes = {}
+        hooks = [getattr(model.roi_heads, name).register_forward_hook(
+            lambda m, args, out, name=name: sizes.__setitem__(name, out.shape[0] if name == 'mask_head'
+                                                              else out[0].shape[0]))
+            for name in ('mask_head', 'box_predictor')]
+        model.zero_grad()
+        torch.manual_seed(1)
+        losses = model(images, targets)
+        sum(losses.values()).backward()
+        for hook in hooks:
+            hook.remove()
+        return losses, sizes, model.roi_heads.mask_head[0][0].weight.grad.clone()
+
+    torch.manual_seed(0)
+    model = create_model('maskrcnn:spach_ms_xxs_patch4_224_conv', num_classes=3, img_size=(64, 96),
+                         box_positive_fraction=0.5).train()
+    images = [torch.rand(3, 64, 96), torch.rand(3, 64, 96)]
+    targets = [_target(_two_rects(64, 96), [1, 2]), _target(_two_rects(64, 96)[:1], [2])]
+    plain, plain_sizes, plain_grad = step(model, None)
+    capped, capped_sizes, capped_grad = step(model, 10_000)
+    assert plain.keys() == capped.keys() and all(torch.equal(plain[k], capped[k]) for k in plain)
+    assert plain_sizes == capped_sizes and torch.allclose(plain_grad, capped_grad, rtol=1e-5, atol=1e-7)
+    assert plain_sizes['mask_head'] > 4  # the GT boxes alone are 3 foreground RoIs
+    few, few_sizes, few_grad = step(model, 2)
+    assert few_sizes == dict(mask_head=4, box_predictor=plain_sizes['box_predictor'])
+    assert torch.equal(few['loss_classifier'], plain['loss_classifier']) and torch.isfinite(few['loss_mask'])
+    assert few_grad.abs().sum() > 0 and not torch.allclose(few_grad, plain_grad)
+    model.eval()
+    with torch.no_grad():  # inference is untouched
+        assert set(model(images[:1])[0]) == {'boxes', 'labels', 'scores', 'masks'}
 
 
 def test_mask_classifier_learns_from_ground_truth_masks_and_rescores_detections():

@@ -46,7 +46,7 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
 from torchvision.ops import FeaturePyramidNetwork, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -232,15 +232,28 @@ class _RoIHeadsWithStats(RoIHeads):
     With a ``mask_classifier`` (:class:`MaskShapeClassifier`, set by :func:`mask_rcnn`) it also learns to name each
     ground-truth instance from its ground-truth mask (``loss_mask_class``), and at inference scores each detection by
     the geometric mean of its box score and the probability the classifier gives its label on the predicted mask,
-    then re-sorts. Without one nothing else changes: no parameter, no output."""
+    then re-sorts. With ``mask_rois_per_image`` the mask head trains on a random subset of at most that many of each
+    image's foreground RoIs (the box head still sees them all). Without either nothing else changes: no parameter,
+    no output."""
 
     fg_stats: tuple[int, int] = (0, 0)
+    mask_rois_per_image: int | None = None
     _sampled_labels: torch.Tensor | None = None
+    _samples: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def forward(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor],
                 image_shapes: list[tuple[int, int]], targets: list[dict[str, torch.Tensor]] | None = None,
                 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-        result, losses = super().forward(features, proposals, image_shapes, targets)
+        if self.training and self.mask_rois_per_image is not None and self.has_mask():
+            # torchvision's forward skips the mask branch while it has no RoI pool; ours then trains it on the subset
+            pool, self.mask_roi_pool = self.mask_roi_pool, None
+            try:
+                result, losses = super().forward(features, proposals, image_shapes, targets)
+            finally:
+                self.mask_roi_pool = pool
+            losses['loss_mask'] = self._subset_mask_loss(features, image_shapes, targets or [])
+        else:
+            result, losses = super().forward(features, proposals, image_shapes, targets)
         classifier = getattr(self, 'mask_classifier', None)  # a submodule: no class-level default may shadow it
         if classifier is None or not self.has_mask():
             return result, losses
@@ -249,6 +262,22 @@ class _RoIHeadsWithStats(RoIHeads):
         else:
             result = [self._rescore(classifier, det) for det in result]
         return result, losses
+
+    def _subset_mask_loss(self, features: dict[str, torch.Tensor], image_shapes: list[tuple[int, int]],
+                          targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """torchvision's mask loss on at most ``mask_rois_per_image`` random foreground RoIs of each image (the mask
+        head's cost grows with the RoIs, its targets are much alike on one object)."""
+        samples, self._samples = self._samples, None  # set by select_training_samples in this forward
+        boxes, matched = [], []
+        for proposals, matched_idxs, labels in zip(*samples):
+            foreground = torch.where(labels > 0)[0]
+            if len(foreground) > self.mask_rois_per_image:
+                keep = torch.randperm(len(foreground), device=foreground.device)[:self.mask_rois_per_image]
+                foreground = foreground[keep]
+            boxes.append(proposals[foreground])
+            matched.append(matched_idxs[foreground])
+        logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
+        return maskrcnn_loss(logits, boxes, [t['masks'] for t in targets], [t['labels'] for t in targets], matched)
 
     def _mask_class_loss(self, classifier: nn.Module, targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         """Cross-entropy of the classifier on each ground-truth mask cropped to its ground-truth box (at the mask
@@ -281,6 +310,8 @@ class _RoIHeadsWithStats(RoIHeads):
                                            list[torch.Tensor]]:
         out = super().select_training_samples(proposals, targets)
         self._sampled_labels = torch.cat(out[2])  # the box predictor's next call classifies exactly these RoIs
+        if self.mask_rois_per_image is not None:
+            self._samples = (out[0], out[1], out[2])
         return out
 
     def record_fg_accuracy(self, module: nn.Module, args: Any, output: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -403,7 +434,7 @@ def _norm_layer(backbone: str, head_norm: str) -> Callable[[int], nn.Module] | N
 
 
 def _check_options(backbone: str, num_classes: int, min_size: int, max_size: int, anchor_sizes: Sequence[int],
-                   num_levels: int, switches: dict[str, bool | None]) -> None:
+                   num_levels: int, switches: dict[str, bool | None], mask_rois_per_image: int | None) -> None:
     name = f'maskrcnn:{backbone}'
     if num_classes < 2:
         raise ModelArgumentError(f'{name}: num_classes counts the background too and must be >= 2, got {num_classes}')
@@ -416,6 +447,10 @@ def _check_options(backbone: str, num_classes: int, min_size: int, max_size: int
     for key, value in switches.items():
         if value is not None and not isinstance(value, bool):
             raise ModelArgumentError(f'{name}: {key} must be true or false, got {value!r}')
+    if mask_rois_per_image is not None and (not isinstance(mask_rois_per_image, int)
+                                            or isinstance(mask_rois_per_image, bool) or mask_rois_per_image < 1):
+        raise ModelArgumentError(f'{name}: mask_rois_per_image must be a positive integer or null, '
+                                 f'got {mask_rois_per_image!r}')
 
 
 def _mask_branch(names: list[str], channels: int, head_channels: int, head_layers: int,
@@ -453,6 +488,7 @@ def mask_rcnn(
         rpn_post_nms_top_n_test: int = 100,
         box_batch_size_per_image: int = 64,
         box_positive_fraction: float = 0.5,
+        mask_rois_per_image: int | None = None,
         box_canonical_scale: int = 56,
         box_detections_per_img: int = 100,
         box_score_thresh: float | None = None,
@@ -490,6 +526,9 @@ def mask_rcnn(
         rpn_post_nms_top_n_test: Proposals kept after NMS, inference (torchvision: 1000).
         box_batch_size_per_image: RoIs sampled per image for the box / mask losses (torchvision: 512).
         box_positive_fraction: Largest share of foreground RoIs in that sample (torchvision: 0.25).
+        mask_rois_per_image: The mask head trains on at most this many of an image's foreground RoIs, a random subset
+            (torchvision: all of them). The mask branch is the costliest part of a step on small images, and its
+            targets on one object are much alike.
         box_canonical_scale: Box side (px) whose RoI features come from the stride-16 level (torchvision: 224, for
             800 px images): 56 takes a 28-56 px object's box features from the stride-8 map, deeper and more
             semantic than the stride-4 map 224 would pick on 128 px images. Masks keep 224 (fine detail).
@@ -518,7 +557,7 @@ def mask_rcnn(
     anchor_sizes = tuple(anchor_sizes or (ANCHOR_SCALE * s for s in pyramid_strides))
     _check_options(backbone, num_classes, min_size, max_size, anchor_sizes, len(pyramid_strides),
                    dict(mask_classifier=mask_classifier, class_agnostic_masks=class_agnostic_masks,
-                        mask_refine=mask_refine))
+                        mask_refine=mask_refine), mask_rois_per_image)
     agnostic = mask_classifier if class_agnostic_masks is None else class_agnostic_masks
     if fixed and max_size > min(size):
         raise ModelArgumentError(f'maskrcnn:{backbone}: the backbone takes {size[0]}x{size[1]} input only, so '
@@ -550,6 +589,7 @@ def mask_rcnn(
                        mask_refine))
     # the subclass adds no state of its own: the running metric, and the mask classifier when one is set below
     model.roi_heads.__class__ = _RoIHeadsWithStats
+    model.roi_heads.mask_rois_per_image = mask_rois_per_image
     if mask_classifier:
         model.roi_heads.mask_classifier = MaskShapeClassifier(num_classes - 1)
     model.roi_heads.box_predictor.register_forward_hook(model.roi_heads.record_fg_accuracy)
