@@ -301,7 +301,8 @@ class Trainer:
 
         cfg = self.cfg
         # torch's fused Adam(W) kernel: one pass over each parameter instead of a dozen foreach ops (3x faster on a
-        # CPU, ~10% of a Mask R-CNN step); the folded-BN memo counts optimizer steps, as fused ones leave versions alone
+        # CPU, ~13 ms of a ~300 ms Mask R-CNN step); the folded-BN memo counts optimizer steps, as fused ones leave
+        # parameter versions alone
         fused = dict(fused=True) if cfg.opt.lower() in ('adam', 'adamw') and self.device.type == 'cpu' else {}
         self.optimizer = create_optimizer_v2(self.model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                              filter_bias_and_bn=True, **fused)

@@ -311,7 +311,7 @@ class _RoIHeadsWithStats(RoIHeads):
         out = super().select_training_samples(proposals, targets)
         self._sampled_labels = torch.cat(out[2])  # the box predictor's next call classifies exactly these RoIs
         if self.mask_rois_per_image is not None:
-            self._samples = (out[0], out[1], out[2])
+            self._samples = out[:3]  # proposals, matched_idxs, labels: what the capped mask branch selects from
         return out
 
     def record_fg_accuracy(self, module: nn.Module, args: Any, output: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -587,7 +587,8 @@ def mask_rcnn(
         box_score_thresh=box_score_thresh if box_score_thresh is not None else 0.01 if mask_classifier else 0.05,
         **_mask_branch(names, fpn_channels, mask_head_channels, mask_head_layers, norm, num_classes, agnostic,
                        mask_refine))
-    # the subclass adds no state of its own: the running metric, and the mask classifier when one is set below
+    # the subclass adds no tensors of its own: the running metric, the mask-RoI cap, and the mask classifier when one
+    # is set below
     model.roi_heads.__class__ = _RoIHeadsWithStats
     model.roi_heads.mask_rois_per_image = mask_rois_per_image
     if mask_classifier:
