@@ -122,6 +122,9 @@ class _Entry:
     composite_filter: checkpoint.FilterFn | None = None
     check_input: bool = True  # a pre-hook rejects wrong channel counts / ranks (off for detectors' image lists)
     preset: tuple[str, dict[str, Any]] | None = None  # (model, kwargs) this name stands for
+    # a preset's parameter count, filled in on the first card lookup: counting builds the model, which would make
+    # every `import visionmix` pay for all presets
+    count_params: Callable[[], int] | None = None
 
     @property
     def filter_fn(self) -> checkpoint.FilterFn | None:
@@ -225,11 +228,10 @@ def register_preset(name: str, model: str, kwargs: dict[str, Any], description: 
         raise ValueError(f'{name!r} is already a model name')
     base = _lookup(model).card
     notes = f'preset: {model} with {kwargs}' + (f'; {description}' if description else '')
-    card = dataclasses.replace(base, name=name, family=family or base.family,
-                               params=count_parameters(lambda: create_model(model, **kwargs)),
-                               gmacs=None, paper_gmacs=None, top1=None, top1_source='not measured for the preset',
-                               notes=notes)
-    _ENTRIES[name] = _Entry(card=card, preset=(model, dict(kwargs)))
+    card = dataclasses.replace(base, name=name, family=family or base.family, params=None, gmacs=None,
+                               paper_gmacs=None, top1=None, top1_source='not measured for the preset', notes=notes)
+    _ENTRIES[name] = _Entry(card=card, preset=(model, dict(kwargs)),
+                            count_params=lambda: count_parameters(lambda: create_model(model, **kwargs)))
     _PRESETS[name.lower()] = name
 
 
@@ -343,7 +345,11 @@ def _composite_entry(name: str) -> _Entry:
 
 def model_card(name: str) -> ModelCard:
     """The :class:`ModelCard` of a model name (raises :class:`UnknownModelError` with suggestions)."""
-    return _lookup(name).card
+    entry = _lookup(name)
+    if entry.count_params is not None:
+        entry.card = dataclasses.replace(entry.card, params=entry.count_params())
+        entry.count_params = None
+    return entry.card
 
 
 def list_models(pattern: str | None = None, family: str | None = None, source: Source | None = None,
