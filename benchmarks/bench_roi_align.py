@@ -1,7 +1,7 @@
 """Mask R-CNN training step with visionmix's RoIAlign gradient vs torchvision's, on the CPU.
 
 Two copies of one ``maskrcnn:BACKBONE`` model (same weights): one pools with
-:class:`visionmix.layers.roi_align.FastBackwardMultiScaleRoIAlign` (the default), the other with torchvision's
+:class:`visionmix.layers.roi_align.FastMultiScaleRoIAlign` (the default), the other with torchvision's
 :class:`~torchvision.ops.MultiScaleRoIAlign`. Each step (forward with losses, backward, AdamW step) runs on both with
 the same ``shapes-inst`` batch, interleaved A B A B in one process; the report gives the median of the per-pair time
 ratios (above 1: ours is faster) and checks first that both give the same gradients.
@@ -28,7 +28,7 @@ from torchvision.ops import MultiScaleRoIAlign
 import visionmix
 from visionmix.data.instance_sets import InstanceDataset, InstanceTransform, collate_instances
 from visionmix.data.instances import SHAPE_CLASSES, shapes_inst_splits
-from visionmix.layers.roi_align import FastBackwardMultiScaleRoIAlign
+from visionmix.layers.roi_align import FastMultiScaleRoIAlign
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def torchvision_pools(model: torch.nn.Module) -> torch.nn.Module:
     heads = model.roi_heads
     for name in ('box_roi_pool', 'mask_roi_pool'):
         pool = getattr(heads, name)
-        if type(pool) is FastBackwardMultiScaleRoIAlign:
+        if type(pool) is FastMultiScaleRoIAlign:
             setattr(heads, name, MultiScaleRoIAlign(pool.featmap_names, pool.output_size, pool.sampling_ratio,
                                                     canonical_scale=pool.canonical_scale,
                                                     canonical_level=pool.canonical_level))

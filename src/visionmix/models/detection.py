@@ -17,7 +17,7 @@ would on such small images (``box_canonical_scale``). These choices were measure
 segmentation issue): torchvision's COCO heads (256-channel FPN, 1024-wide FC layers, four 256-channel mask
 convolutions, 2000 proposals, 512 RoIs) cost ~15x more per step on 128 px images and every one of them is an option
 of :func:`mask_rcnn`. The RoIAligns are torchvision's, with the gradient computed by
-:class:`~visionmix.layers.roi_align.FastBackwardMultiScaleRoIAlign` on a CPU (torchvision's CPU backward took a
+:class:`~visionmix.layers.roi_align.FastMultiScaleRoIAlign` on a CPU (torchvision's CPU backward took a
 quarter of a training step).
 
 Two options go past torchvision's heads, for classes told apart by their outline (``shapes-inst``), where the box
@@ -51,7 +51,7 @@ from torchvision.ops import FeaturePyramidNetwork, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..errors import UnknownModelError, VisionmixError
-from ..layers.roi_align import FastBackwardMultiScaleRoIAlign
+from ..layers.roi_align import FastMultiScaleRoIAlign
 from ..registry import (
     Composite, ModelArgumentError, ModelCard, count_parameters, create_model, model_card, register_composite,
     takes_img_size,
@@ -161,7 +161,7 @@ class ClassAgnosticMaskPredictor(MaskRCNNPredictor):
         return super().forward(x).expand(-1, self.num_classes, -1, -1)
 
 
-class ImageMaskRoIAlign(FastBackwardMultiScaleRoIAlign):
+class ImageMaskRoIAlign(FastMultiScaleRoIAlign):
     """The mask head's RoIAlign that also crops each RoI from the image itself at twice its output size (the mask
     resolution), appended to the pooled features as ``PIXEL_CHANNELS`` pixel-unshuffled channels: the pixels reach
     :class:`ImageGuidedMaskPredictor` through the mask head's tensors, with no state between the calls."""
@@ -464,7 +464,7 @@ def _mask_branch(names: list[str], channels: int, head_channels: int, head_layer
                     mask_head=ImageGuidedMaskHead(head),
                     mask_predictor=ImageGuidedMaskPredictor(head_channels, head_channels, num_classes, agnostic))
     predictor = ClassAgnosticMaskPredictor if agnostic else MaskRCNNPredictor
-    return dict(mask_roi_pool=FastBackwardMultiScaleRoIAlign(names, output_size=14, sampling_ratio=2),
+    return dict(mask_roi_pool=FastMultiScaleRoIAlign(names, output_size=14, sampling_ratio=2),
                 mask_head=head, mask_predictor=predictor(head_channels, head_channels, num_classes))
 
 
@@ -578,7 +578,7 @@ def mask_rcnn(
                                              (tuple(aspect_ratios),) * len(anchor_sizes)),
         rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
-        box_roi_pool=FastBackwardMultiScaleRoIAlign(names, output_size=7, sampling_ratio=2,
+        box_roi_pool=FastMultiScaleRoIAlign(names, output_size=7, sampling_ratio=2,
                                                     canonical_scale=box_canonical_scale),
         box_head=_box_head(fpn_channels, box_head_dim, box_head_convs, norm),
         box_predictor=FastRCNNPredictor(box_head_dim, num_classes),
