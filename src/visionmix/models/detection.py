@@ -16,9 +16,9 @@ RoIs an image, up to half of them foreground, with box features pooled one level
 would on such small images (``box_canonical_scale``). These choices were measured (the report of the instance
 segmentation issue): torchvision's COCO heads (256-channel FPN, 1024-wide FC layers, four 256-channel mask
 convolutions, 2000 proposals, 512 RoIs) cost ~15x more per step on 128 px images and every one of them is an option
-of :func:`mask_rcnn`. The RoIAligns are torchvision's, with the gradient computed by
-:class:`~visionmix.layers.roi_align.FastMultiScaleRoIAlign` on a CPU (torchvision's CPU backward took a
-quarter of a training step).
+of :func:`mask_rcnn`. The RoIAligns are torchvision's :class:`~torchvision.ops.MultiScaleRoIAlign`, trained on a
+CPU through :class:`~visionmix.layers.roi_align.FastMultiScaleRoIAlign` (separable batched products; torchvision's CPU
+backward took a quarter of a training step).
 
 Two options go past torchvision's heads, for classes told apart by their outline (``shapes-inst``), where the box
 classifier learns the class slowly while the mask head learns figure and ground fast: ``mask_classifier`` adds a
