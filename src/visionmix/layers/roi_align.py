@@ -6,7 +6,8 @@ heads) the backward took a quarter of the step and the forward of the box RoIs a
 ``sampling_ratio`` is separable, ``out[k] = Wy[k] @ x[b_k] @ Wx[k]^T`` per channel, with ``Wy`` and ``Wx`` the
 (bins x pixels) bilinear weights averaged over each bin's samples, so both directions are batched matrix products
 over a window around each RoI: the forward gathers the windows, the gradient ``Wy[k]^T @ grad[k] @ Wx[k]`` goes back
-with one ``index_add_``. Both equal torchvision's to float rounding.
+with one ``index_add_``. Both equal torchvision's to float rounding. Inference keeps torchvision's kernel (see
+:class:`FastMultiScaleRoIAlign`).
 """
 from __future__ import annotations
 
@@ -151,7 +152,8 @@ class _SeparableRoIAlign(torch.autograd.Function):
     def forward(ctx, rois: Tensor, levels: Tensor, output_size: tuple[int, int], scales: list[float],
                 sampling_ratio: int, *maps: Tensor) -> Tensor:
         ctx.save_for_backward(rois, levels)
-        ctx.scales, ctx.sampling_ratio, ctx.shapes = scales, sampling_ratio, [m.shape for m in maps]
+        ctx.scales, ctx.sampling_ratio = scales, sampling_ratio
+        ctx.shapes, ctx.dtypes = [m.shape for m in maps], [m.dtype for m in maps]
         out = maps[0].new_zeros(len(rois), maps[0].shape[1], *output_size)
         for level, (fmap, scale) in enumerate(zip(maps, scales)):
             at = torch.where(levels == level)[0]
@@ -169,7 +171,7 @@ class _SeparableRoIAlign(torch.autograd.Function):
                 grads.append(None)
                 continue
             at = torch.where(levels == level)[0]
-            grads.append(roi_align_backward(grad[at], rois[at], shape, scale, ctx.sampling_ratio))
+            grads.append(roi_align_backward(grad[at], rois[at], shape, scale, ctx.sampling_ratio).to(ctx.dtypes[level]))
         return (None, None, None, None, None, *grads)
 
 
