@@ -109,9 +109,16 @@ def test_chains_keep_every_example_once_and_in_order():
     commands = console_commands(README.read_text())
     assert sorted(c for chain in CHAINS for c in chain) == sorted(commands)
     assert all(chain == sorted(chain, key=commands.index) for chain in CHAINS)
-    by_first = {chain[0]: chain for chain in CHAINS}
-    assert 'visionmix eval runs/digits' in by_first['visionmix train --model SPACH-Conv --dataset digits --epochs 5 '
-                                                    '--output runs/digits']
+
+
+def test_an_example_joins_every_chain_it_reads_from():
+    train_a, train_b = 'visionmix train --output runs/a', 'visionmix train --output runs/b'
+    export, eval_a = 'visionmix datasets x --export imgs', 'visionmix eval runs/a'
+    predict = 'visionmix predict --checkpoint runs/b imgs'  # reads two chains: they merge
+    patches = 'visionmix train --dataset bpr-patches:imgs --output runs/c'  # a path after a dataset spec's ':'
+    other = 'visionmix eval runs/ab'  # not runs/a: a path is a whole argument or a folder prefix
+    assert example_chains([train_a, train_b, export, eval_a, predict, patches, other]) == [
+        [train_a, eval_a], [train_b, export, predict, patches], [other]]
 
 
 @pytest.mark.parametrize('chain', CHAINS, ids=[f'{i:02d}-{shlex.split(c[0])[1]}' for i, c in enumerate(CHAINS)])
