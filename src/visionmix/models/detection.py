@@ -579,7 +579,7 @@ def mask_rcnn(
         rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
         box_roi_pool=FastMultiScaleRoIAlign(names, output_size=7, sampling_ratio=2,
-                                                    canonical_scale=box_canonical_scale),
+                                            canonical_scale=box_canonical_scale),
         box_head=_box_head(fpn_channels, box_head_dim, box_head_convs, norm),
         box_predictor=FastRCNNPredictor(box_head_dim, num_classes),
         box_batch_size_per_image=box_batch_size_per_image, box_positive_fraction=box_positive_fraction,
