@@ -143,6 +143,31 @@ def test_no_result_and_nothing_a_hook_sees_lives_in_a_scratch_buffer(name, size,
     release_scratch()
 
 
+@pytest.mark.parametrize('skip_channel_mlps', [False, True])
+@pytest.mark.parametrize('name,size,kwargs', MODELS, ids=[m[0] for m in MODELS])
+def test_what_a_hook_sees_is_not_changed_later_in_the_same_forward(name, size, kwargs, skip_channel_mlps):
+    # the blocks accumulate their channel MLP into the spatial branch's sum: never into a tensor a hook has seen
+    # (without hooks on the channel MLPs, their fused path runs while the token mixers' outputs are observed)
+    model = _randomised(name, **kwargs)
+    seen = []
+
+    def snapshot(module, args, out):
+        for t in [*args, *(out if isinstance(out, (tuple, list)) else [out])]:
+            if isinstance(t, torch.Tensor):
+                seen.append((t, t.clone()))
+
+    handles = [m.register_forward_hook(snapshot) for n, m in model.named_modules()
+               if not (skip_channel_mlps and (n.endswith('.mlp') or '.mlp.' in n))]
+    with torch.inference_mode():
+        model(torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1)))
+    for h in handles:
+        h.remove()
+    assert len(seen) > 50
+    for t, at_hook_time in seen:
+        torch.testing.assert_close(t, at_hook_time, rtol=0, atol=0)
+    release_scratch()
+
+
 def test_threads_running_one_model_do_not_share_temporaries():
     model = _randomised('hire_mlp_tiny')
     g = torch.Generator().manual_seed(2)
@@ -186,3 +211,38 @@ def test_gelu_mlp_in_row_blocks_equals_the_plain_mlp(with_bias, monkeypatch):
     fused.gelu_mlp_residual(x, w1g, b1, w2, b2, res).sum().backward()
     assert w1g.grad is not None and w1g.grad.abs().sum() > 0
     release_scratch()
+
+
+@pytest.mark.parametrize('with_bias', [True, False])
+@pytest.mark.parametrize('input_is_residual', [False, True])
+def test_gelu_mlp_accumulates_into_a_residual_it_is_handed(with_bias, input_is_residual, monkeypatch):
+    monkeypatch.setattr(fused, 'MLP_BLOCK_NUMBERS', 256 * 24)  # 3 row blocks of 256 and one of 232
+    g = torch.Generator().manual_seed(4)
+    res = torch.randn(2, 20, 25, 6, generator=g)
+    x = res if input_is_residual else torch.randn(2, 20, 25, 6, generator=g)  # fc1 may read the residual itself
+    w1, b1 = torch.randn(24, 6, generator=g), torch.randn(24, generator=g) if with_bias else None
+    w2, b2 = torch.randn(6, 24, generator=g), torch.randn(6, generator=g) if with_bias else None
+    expected = res + F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+    with torch.inference_mode():
+        out = fused.gelu_mlp_residual(x, w1, b1, w2, b2, res, owns_residual=True)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert out.data_ptr() == res.data_ptr()  # no new map
+    # with autograd the residual is never written to, handed over or not
+    res2 = torch.randn(2, 20, 25, 6, generator=g)
+    kept = res2.clone()
+    fused.gelu_mlp_residual(x, w1.clone().requires_grad_(), b1, w2, b2, res2, owns_residual=True).sum().backward()
+    torch.testing.assert_close(res2, kept, rtol=0, atol=0)
+    release_scratch()
+
+
+def test_hire_reweighting_mean_equals_the_mean_of_the_unfolded_branch():
+    # folded_mean reads the hidden map only; it must equal the mean over the map of the branch it stands for
+    g = torch.Generator().manual_seed(5)
+    for size, p, step in ((7, 2, 1), (8, 3, 2), (6, 3, 0)):
+        mlp = hire.RegionMlp(4, p, step, axis=3).eval()
+        x = torch.randn(2, 5, size, 4, generator=g)
+        with torch.no_grad():
+            folded, mean = mlp.forward_folded(x)
+            full = torch.zeros_like(x)
+            hire.add_region_unfold_(full, folded, torch.ones(1), step, 2)
+        torch.testing.assert_close(mean, full.mean((1, 2)), rtol=1e-5, atol=1e-6)

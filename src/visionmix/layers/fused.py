@@ -13,7 +13,7 @@ on contiguous operands):
 * :func:`linear_scratch`: a linear layer whose output, a temporary the caller consumes before it returns, goes into
   a reused buffer in inference (:mod:`visionmix.layers.scratch`).
 * :func:`gelu_mlp_residual`: ``res + fc2(gelu(fc1(x)))``; in inference by blocks of rows whose hidden map stays in
-  the CPU cache between fc1, the GELU and fc2.
+  the CPU cache between fc1, the GELU and fc2, accumulated into ``res`` itself when the caller hands it over.
 """
 from __future__ import annotations
 
@@ -99,21 +99,27 @@ def linear_scratch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 @register_notrace_function  # reason: picks row blocks and scratch buffers at run time
 def gelu_mlp_residual(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
-                      b2: torch.Tensor | None, residual: torch.Tensor) -> torch.Tensor:
+                      b2: torch.Tensor | None, residual: torch.Tensor, owns_residual: bool = False) -> torch.Tensor:
     """``residual + F.linear(gelu(F.linear(x, w1, b1)), w2, b2)`` (exact GELU) for ``x`` (..., K), ``residual``
     (..., N) with the same leading dims.
 
     In inference the rows go through in blocks of about :data:`MLP_BLOCK_NUMBERS` hidden numbers: fc1 writes a
-    block's hidden map into a scratch buffer, the GELU runs on it in place and fc2 accumulates it onto the output
-    while it is still in the cache. Otherwise the hidden map is a whole tensor (:func:`linear_residual` adds the
-    shortcut in fc2's GEMM).
+    block's hidden map into a scratch buffer, the GELU runs on it in place, and the block's shortcut plus fc2's bias,
+    then fc2's GEMM, land in the output while it is still in the cache. Otherwise the hidden map is a whole tensor
+    (:func:`linear_residual` adds the shortcut in fc2's GEMM).
+
+    Args:
+        owns_residual: The caller hands ``residual`` over (a fresh tensor nothing else sees, e.g. the block's own
+            intermediate sum): in inference the result is accumulated into it, and no new map is allocated. ``x``
+            may be ``residual`` itself: each row block is read by fc1 before its output rows are written.
     """
     n, hidden = w2.shape[0], w1.shape[0]
     if not (scratch_active(x) and residual.is_contiguous()) or residual.shape[:-1] != x.shape[:-1] \
             or residual.shape[-1] != n:
         return linear_residual(residual, gelu_fast(F.linear(x, w1, b1)), w2, b2)
     rows = x.reshape(-1, x.shape[-1])
-    out = residual.reshape(-1, n) + b2 if b2 is not None else residual.reshape(-1, n).clone()
+    shortcut = residual.reshape(-1, n)
+    out = shortcut if owns_residual else torch.empty_like(shortcut)
     block = max(256, MLP_BLOCK_NUMBERS // hidden)
     for start in range(0, rows.shape[0], block):
         stop = min(start + block, rows.shape[0])
@@ -124,6 +130,10 @@ def gelu_mlp_residual(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None
             torch.addmm(b1, rows[start:stop], w1.t(), out=h)
         torch.ops.aten.gelu_(h)
         part = out[start:stop]
+        if b2 is not None:
+            torch.add(shortcut[start:stop], b2, out=part)
+        elif not owns_residual:
+            part.copy_(shortcut[start:stop])
         torch.addmm(part, h, w2.t(), out=part)
     return out.view(residual.shape)
 
@@ -141,14 +151,15 @@ def mlp_fusable(mlp: nn.Module) -> bool:
         and not has_hooks(mlp)
 
 
-def mlp_residual(mlp: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def mlp_residual(mlp: nn.Module, x: torch.Tensor, residual: torch.Tensor, owns_residual: bool = False) -> torch.Tensor:
     """``residual + mlp(x)`` for a timm ``Mlp`` (fc1, act, drop1, norm, fc2, drop2) of ``nn.Linear`` layers.
 
-    When :func:`mlp_fusable` it runs as :func:`gelu_mlp_residual`; any other configuration runs the module as it is.
+    When :func:`mlp_fusable` it runs as :func:`gelu_mlp_residual` (``owns_residual``: see there); any other
+    configuration runs the module as it is.
     """
     if not mlp_fusable(mlp):
         return residual + mlp(x)
-    return gelu_mlp_residual(x, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias, residual)
+    return gelu_mlp_residual(x, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias, residual, owns_residual)
 
 
 # fx: mlp_residual is called from module forwards elsewhere; timm's autowrap only scans the globals of those

@@ -42,6 +42,7 @@ from ..errors import VisionmixError
 from .fold import cached_fold
 from .fused import activate, mlp_residual
 from .hire import HireMlp, hire_step
+from .scratch import has_hooks
 from .shift import AxialShiftMlp
 from .window_mlp import WindowSpatialMlp, stage_window
 
@@ -343,7 +344,9 @@ class MixingBlock(nn.Module):
         if self.token_mixer is not None:
             branch = self.token_mixer(self.norm1(x))
             y = torch.addcmul(y, branch, self.ls1.gamma) if isinstance(self.ls1, LayerScale) else y + self.ls1(branch)
-        return mlp_residual(self.mlp, self.norm2(y), y)
+        # y is a fresh sum unless the block has neither CPE nor token mixer: then the MLP accumulates into it,
+        # unless a hook on norm2 has seen it
+        return mlp_residual(self.mlp, self.norm2(y), y, owns_residual=y is not x and not has_hooks(self.norm2))
 
     def _cpe_residual(self, x: torch.Tensor) -> torch.Tensor:
         """``x + cpe(x)`` as one depthwise conv whose kernel has 1 added at its centre (a 'same' padded conv)."""

@@ -32,6 +32,7 @@ from timm.models._features import feature_take_indices
 
 from ..errors import VisionmixError
 from ..layers.fused import mlp_residual
+from ..layers.scratch import has_hooks
 from ..layers.window_mlp import WindowSpatialMlp, stage_window
 from ..checkpoint import unwrapping
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
@@ -80,9 +81,11 @@ class SwinMlpBlock(nn.Module):
             # stochastic depth: the plain formulation
             x = x + self.drop_path1(self.spatial_mlp(self.norm1(x)))
             return x + self.drop_path2(self.mlp(self.norm2(x)))
-        # the shortcuts are added where the branches' last copy / GEMM writes their output anyway
+        # the shortcuts are added where the branches' last copy / GEMM writes their output anyway; the spatial
+        # branch's sum is a fresh map, which the channel MLP accumulates into unless a hook has seen it
         x = self.spatial_mlp(self.norm1(x), residual=x)
-        return mlp_residual(self.mlp, self.norm2(x), x)
+        seen = has_hooks(self.spatial_mlp) or has_hooks(self.norm2)
+        return mlp_residual(self.mlp, self.norm2(x), x, owns_residual=not seen)
 
 
 class PatchMerging(nn.Module):
