@@ -14,13 +14,14 @@ import torch.nn.functional as F
 import visionmix
 import visionmix.layers.fused as fused
 import visionmix.layers.hire as hire
+import visionmix.layers.mixing as mixing
 import visionmix.layers.scratch as scratch_module
 import visionmix.layers.window_mlp as window_mlp
 from visionmix.layers.fused import linear_scratch
 from visionmix.layers.scratch import release_scratch, scratch, scratch_active, scratch_bytes
 
 # every module that decides on scratch buffers through its own reference to scratch_active
-USERS = (fused, hire, window_mlp)
+USERS = (fused, hire, mixing, window_mlp)
 MODELS = [
     ('hire_mlp_tiny', 64, {}),
     ('swin_mlp_tiny_c24_patch4_window8_256', 64, {'img_size': 64}),  # shifted windows, padding at 64 px
@@ -246,3 +247,27 @@ def test_hire_reweighting_mean_equals_the_mean_of_the_unfolded_branch():
             full = torch.zeros_like(x)
             hire.add_region_unfold_(full, folded, torch.ones(1), step, 2)
         torch.testing.assert_close(mean, full.mean((1, 2)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('with_bias', [True, False])
+@pytest.mark.parametrize('owns_residual', [False, True])
+def test_token_mlp_scaled_residual_equals_the_plain_sum(with_bias, owns_residual):
+    # the layer scale moved onto the hidden map's channels, fc2 accumulating onto the shortcut
+    g = torch.Generator().manual_seed(6)
+    mlp = mixing.TokenMlp(num_tokens=20, hidden_features=12)
+    if not with_bias:
+        mlp.fc2.bias = None
+    x, res = torch.randn(2, 2, 4, 5, 6, generator=g)
+    gamma = torch.randn(6, generator=g)
+    with torch.inference_mode():
+        expected = torch.addcmul(res, mlp(x), gamma)
+        kept = res.clone()
+        out = mlp.scaled_residual(x, res, gamma, owns_residual=owns_residual)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    assert (out.data_ptr() == res.data_ptr()) == owns_residual  # written into the shortcut only when handed over
+    if not owns_residual:
+        torch.testing.assert_close(res, kept, rtol=0, atol=0)
+    xg = x.clone().requires_grad_()  # with autograd: the module itself, gradients flow
+    mlp.scaled_residual(xg, res.clone(), gamma, owns_residual=True).sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+    release_scratch()
