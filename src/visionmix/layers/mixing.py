@@ -40,7 +40,7 @@ from timm.layers import Attention, DropPath, LayerScale, Mlp, register_notrace_f
 
 from ..errors import VisionmixError
 from .fold import cached_fold
-from .fused import activate, mlp_fusable, mlp_residual
+from .fused import activate, mlp_fusable, mlp_residual, shortcut_plus_bias
 from .hire import HireMlp, hire_step
 from .scratch import has_hooks, scratch, scratch_active
 from .shift import AxialShiftMlp
@@ -198,11 +198,8 @@ class TokenMlp(Mlp):
         h = _token_linear(fc1, token_rows(x, self.num_tokens), scratch('token.hidden', (B, fc1.out_features, C), x))
         torch.ops.aten.gelu_(h).mul_(gamma)
         shortcut = residual.view(B, H * W, C)
-        out = shortcut if owns_residual else torch.empty_like(shortcut)
-        if fc2.bias is not None:
-            torch.add(shortcut, fc2.bias[:, None] * gamma, out=out)
-        elif not owns_residual:
-            out.copy_(shortcut)
+        bias = fc2.bias[:, None] * gamma if fc2.bias is not None else None
+        out = shortcut_plus_bias(shortcut, bias, shortcut if owns_residual else torch.empty_like(shortcut))
         return out.baddbmm_(fc2.weight.expand(B, -1, -1), h).view(B, H, W, C)
 
 
