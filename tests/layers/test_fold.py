@@ -12,7 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import visionmix
-from visionmix.layers.fold import bn_scale_shift, cached_fold, fold_bn_after, fold_bn_before
+from visionmix.layers.fold import (batch_norm_last, bn_scale_shift, cached_fold, contiguous_grad, fold_bn_after,
+                                   fold_bn_before)
 from visionmix.layers.hire import HireMlp
 from visionmix.models.hire_mlp import ConvBnRelu, HireBlock
 from visionmix.models.unext import ConvBnPool
@@ -250,3 +251,48 @@ def test_cached_fold_is_skipped_with_autograd_and_keyed_by_version():
         assert len(calls) == 2
     cached_fold(owner, 'k', (t,), compute)  # grad mode: always computed
     assert len(calls) == 3
+
+
+def test_batch_norm_last_backward_gets_contiguous_gradients_and_equals_the_plain_bn():
+    # the BN kernel must see an NCHW gradient next to its NCHW input (the mixed-layout path is slow), and the
+    # gradients must equal those of a plain BatchNorm over the moved channel axis
+    g = torch.Generator().manual_seed(0)
+    bn = nn.BatchNorm2d(6).train()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5, generator=g)
+        bn.bias.uniform_(-0.5, 0.5, generator=g)
+    ref_bn = copy.deepcopy(bn)
+    x = (torch.randn(2, 5, 7, 6, generator=g) + 3).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    w = torch.randn(2, 5, 7, 6, generator=g)
+    layouts = []
+
+    class Spy(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.native_batch_norm_backward.default:
+                layouts.append((args[0].is_contiguous(), args[1].is_contiguous()))
+            return func(*args, **(kwargs or {}))
+
+    with Spy():
+        (batch_norm_last(bn, x) * w).sum().backward()
+    (ref_bn(x_ref.movedim(-1, 1)).movedim(1, -1) * w).sum().backward()
+    assert layouts == [(True, True)]
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.weight.grad, ref_bn.weight.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bn.running_mean, ref_bn.running_mean)
+
+
+def test_contiguous_grad_is_the_identity_without_gradients_or_under_tracing():
+    x = torch.randn(2, 3, 4, 5).permute(0, 3, 1, 2)
+    assert contiguous_grad(x) is x  # nothing to record
+    xg = x.clone().requires_grad_()
+    y = contiguous_grad(xg)
+    assert y.data_ptr() == xg.data_ptr() and y.stride() == xg.stride()  # a view in the forward pass
+    y.backward(torch.ones(2, 3, 4, 5).permute(0, 3, 1, 2))
+    torch.testing.assert_close(xg.grad, torch.ones_like(xg))
+
+    class Wrap(nn.Module):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return contiguous_grad(t) * 2
+
+    assert 'contiguous_grad' not in torch.fx.symbolic_trace(Wrap()).code  # traced through as the identity

@@ -33,7 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 __all__ = ['bn_folds', 'bn_scale_shift', 'fold_bn_after', 'fold_bn_before', 'fold_input_norm', 'bn_sources',
-           'cached_fold', 'batch_norm_last', 'is_tracing', 'folded_conv_bn', 'conv_bn']
+           'cached_fold', 'batch_norm_last', 'is_tracing', 'folded_conv_bn', 'conv_bn', 'contiguous_grad']
 
 T = TypeVar('T')
 # fx's symbolic tracing only (the general is_fx_tracing warns that it also covers torch.export)
@@ -184,4 +184,29 @@ def batch_norm_last(bn: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
     if bn_folds(bn):
         scale, shift = bn_scale_shift(bn)
         return torch.addcmul(shift, x, scale)
-    return bn(x.movedim(-1, 1).contiguous()).movedim(1, -1).contiguous()
+    return contiguous_grad(bn(x.movedim(-1, 1).contiguous())).movedim(1, -1).contiguous()
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
+def contiguous_grad(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself; in the backward pass the gradient reaching ``x`` is made contiguous (one copy).
+
+    For an NCHW BatchNorm output that the network goes on to use channels-last: the gradient then arrives as a
+    channels-last view, and PyTorch's CPU BatchNorm backward with a channels-last gradient next to an NCHW input
+    takes a slow mixed-layout path (measured 7-10 ms against 3.6 ms for the copy plus the NCHW kernel, batch 8 of
+    64 x 56 x 56). Without a gradient to record, or while tracing, it is ``x`` unchanged.
+    """
+    if is_tracing() or not (torch.is_grad_enabled() and x.requires_grad):
+        return x
+    return _ContiguousGrad.apply(x)

@@ -24,7 +24,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from ..errors import VisionmixError
-from ..layers.fold import batch_norm_last, bn_folds, folded_conv_bn
+from ..layers.fold import batch_norm_last, bn_folds, contiguous_grad, folded_conv_bn
 from ..layers.hire import HireMlp, PointwiseMlp, hire_step
 from ..checkpoint import unwrapping
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
@@ -60,7 +60,7 @@ class ConvBnRelu(nn.Module):
         if not bn_folds(norm):
             # batch statistics on NCHW: PyTorch's channels-last CPU BatchNorm sums them less accurately (input
             # gradients 1e-2 off the official model's instead of 3e-6), see batch_norm_last
-            return self.act(norm(conv(x.contiguous())))
+            return contiguous_grad(self.act(norm(conv(x.contiguous()))))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         weight, bias = folded_conv_bn(conv, norm, self)
