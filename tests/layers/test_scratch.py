@@ -196,7 +196,7 @@ def test_threads_running_one_model_do_not_share_temporaries():
 
 @pytest.mark.parametrize('with_bias', [True, False])
 def test_gelu_mlp_in_row_blocks_equals_the_plain_mlp(with_bias, monkeypatch):
-    monkeypatch.setattr(fused, 'MLP_BLOCK_NUMBERS', 256 * 24)  # 1000 rows of 24 hidden: 3 blocks of 256 and 232
+    monkeypatch.setattr(fused, 'MLP_BLOCK_ROWS', 256)  # 1000 rows: 3 blocks of 256 and one of 232
     g = torch.Generator().manual_seed(3)
     x, res = torch.randn(2, 20, 25, 8, generator=g), torch.randn(2, 20, 25, 6, generator=g)
     w1, b1 = torch.randn(24, 8, generator=g), torch.randn(24, generator=g) if with_bias else None
@@ -217,7 +217,7 @@ def test_gelu_mlp_in_row_blocks_equals_the_plain_mlp(with_bias, monkeypatch):
 @pytest.mark.parametrize('with_bias', [True, False])
 @pytest.mark.parametrize('input_is_residual', [False, True])
 def test_gelu_mlp_accumulates_into_a_residual_it_is_handed(with_bias, input_is_residual, monkeypatch):
-    monkeypatch.setattr(fused, 'MLP_BLOCK_NUMBERS', 256 * 24)  # 3 row blocks of 256 and one of 232
+    monkeypatch.setattr(fused, 'MLP_BLOCK_NUMBERS', 256 * 24)  # wide hidden layers: 256 rows of 24, 3 blocks and 232
     g = torch.Generator().manual_seed(4)
     res = torch.randn(2, 20, 25, 6, generator=g)
     x = res if input_is_residual else torch.randn(2, 20, 25, 6, generator=g)  # fc1 may read the residual itself

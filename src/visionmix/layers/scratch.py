@@ -21,8 +21,8 @@ Rules that make this safe:
   and never calls code that uses the same slot while it still needs it. Slots are named by their user
   (``'mlp.hidden'``, ``'hire.*'``, ``'window.*'``).
 * A slot's buffer grows to the largest size asked for and is then kept: the memory of the largest temporary of each
-  slot stays with the thread (:func:`scratch_bytes`: 33 MB for Hire-MLP-Tiny at batch 8 and 224 px, 66 MB for
-  Swin-MLP-Tiny at 256 px, 8 MB for SPACH-MS-XXS-Conv). :func:`release_scratch` frees the calling thread's buffers.
+  slot stays with the thread (:func:`scratch_bytes`: 35 MB for Hire-MLP-Tiny at batch 8 and 224 px, 60 MB for
+  Swin-MLP-Tiny at 256 px, 3 MB for SPACH-MS-XXS-Conv). :func:`release_scratch` frees the calling thread's buffers.
 """
 from __future__ import annotations
 
