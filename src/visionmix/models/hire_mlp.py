@@ -59,7 +59,8 @@ class ConvBnRelu(nn.Module):
         conv, norm = self.conv, self.norm
         if not bn_folds(norm):
             # batch statistics on NCHW: PyTorch's channels-last CPU BatchNorm sums them less accurately (input
-            # gradients 1e-2 off the official model's instead of 3e-6), see batch_norm_last
+            # gradients 1e-2 off the official model's instead of 3e-6), see batch_norm_last; the blocks read the
+            # result channels-last, so its gradient comes back channels-last: made contiguous for the NCHW backward
             return contiguous_grad(self.act(norm(conv(x.contiguous()))))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
