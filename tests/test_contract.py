@@ -31,8 +31,11 @@ SHRINK_ABOVE_PARAMS = 25_000_000
 
 
 # Variants that differ from a default-run sibling only in widths and depths: `-m slow` runs them.
-# (mobile_former_26m covers every Mobile-Former block type incl. grouped convs and channel shuffle.)
-SLOW_SIBLINGS = {f'mobile_former_{v}' for v in ('52m', '96m', '151m', '214m', '294m', '508m')}
+# (mobile_former_26m covers every Mobile-Former block type incl. grouped convs and channel shuffle; shrunk, Hire-MLP
+# small and base are hire_mlp_tiny with one block fewer; the SPACH XS variants are XXS wider and deeper.)
+SLOW_SIBLINGS = {f'mobile_former_{v}' for v in ('52m', '96m', '151m', '214m', '294m', '508m')} \
+    | {'hire_mlp_small', 'hire_mlp_base'} \
+    | {f'spach_{arch}_{kind}' for arch in ('ms_xs_patch4_224', 'xs_patch16_224') for kind in ('conv', 'attn', 'mlp')}
 
 
 def _is_segmentation(name: str) -> bool:
@@ -61,11 +64,11 @@ CONTRACT_OVERRIDES: dict[str, tuple[dict, tuple[int, int]]] = {
 def _cases() -> list:
     cases = []
     for name in NATIVE:
+        marks = [pytest.mark.slow] if name in SLOW_SIBLINGS else []
         if visionmix.model_card(name).params > SHRINK_ABOVE_PARAMS:
-            cases.append(pytest.param((name, {'depths': _shrunk_depths(name)}), id=f'{name}-shrunk'))
+            cases.append(pytest.param((name, {'depths': _shrunk_depths(name)}), id=f'{name}-shrunk', marks=marks))
             cases.append(pytest.param((name, {}), id=name, marks=pytest.mark.slow))
         else:
-            marks = [pytest.mark.slow] if name in SLOW_SIBLINGS else []
             cases.append(pytest.param((name, {}), id=name, marks=marks))
     return cases
 
@@ -73,6 +76,7 @@ def _cases() -> list:
 def test_native_models_exist():
     # Guards against a silently empty parametrisation (pytest would report the suite as passed).
     assert NATIVE, 'no native model registered: the contract suite would test nothing'
+    assert SLOW_SIBLINGS <= set(NATIVE), f'not registered: {sorted(SLOW_SIBLINGS - set(NATIVE))}'
 
 
 def _spec(name: str) -> tuple[dict, tuple[int, int]]:
