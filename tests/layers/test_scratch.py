@@ -214,6 +214,22 @@ def test_gelu_mlp_in_row_blocks_equals_the_plain_mlp(with_bias, monkeypatch):
     release_scratch()
 
 
+def test_gelu_mlp_row_blocks_are_2048_rows_unless_the_hidden_block_would_pass_the_cap(monkeypatch):
+    g = torch.Generator().manual_seed(6)
+    x, res = torch.randn(5000, 8, generator=g), torch.randn(5000, 6, generator=g)
+    w1, w2 = torch.randn(24, 8, generator=g), torch.randn(6, 24, generator=g)
+    release_scratch()
+    with torch.inference_mode():
+        fused.gelu_mlp_residual(x, w1, None, w2, None, res)
+    assert scratch_bytes() == fused.MLP_BLOCK_ROWS * 24 * 4 == 2048 * 24 * 4  # the hidden block is the only scratch
+    release_scratch()
+    monkeypatch.setattr(fused, 'MLP_BLOCK_NUMBERS', 1000 * 24)  # a wide hidden layer: fewer rows per block
+    with torch.inference_mode():
+        fused.gelu_mlp_residual(x, w1, None, w2, None, res)
+    assert scratch_bytes() == 1000 * 24 * 4
+    release_scratch()
+
+
 @pytest.mark.parametrize('with_bias', [True, False])
 @pytest.mark.parametrize('input_is_residual', [False, True])
 def test_gelu_mlp_accumulates_into_a_residual_it_is_handed(with_bias, input_is_residual, monkeypatch):
