@@ -19,7 +19,7 @@ Rules that make this safe:
   allocates as usual.
 * A slot holds one live temporary: a caller consumes what it wrote into a slot before it returns, never returns it,
   and never calls code that uses the same slot while it still needs it. Slots are named by their user
-  (``'mlp.hidden'``, ``'hire.*'``, ``'window.*'``).
+  (``'mlp.hidden'``, ``'hire.*'``, ``'window.*'``, ``'token.hidden'``).
 * A slot's buffer grows to the largest size asked for and is then kept: the memory of the largest temporary of each
   slot stays with the thread (:func:`scratch_bytes`: 35 MB for Hire-MLP-Tiny at batch 8 and 224 px, 60 MB for
   Swin-MLP-Tiny at 256 px, 3 MB for SPACH-MS-XXS-Conv). :func:`release_scratch` frees the calling thread's buffers.
