@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import visionmix
 from visionmix.layers.fold import (batch_norm_last, bn_scale_shift, cached_fold, contiguous_grad, fold_bn_after,
-                                   fold_bn_before)
+                                   fold_bn_before, folded_conv_bn)
 from visionmix.layers.hire import HireMlp
 from visionmix.models.hire_mlp import ConvBnRelu, HireBlock
 from visionmix.models.unext import ConvBnPool
@@ -101,6 +101,23 @@ def test_conv_bn_eval_equals_unfolded():
     assert _rel(cbr(x), F.relu(cbr.norm(cbr.conv(x)))) < RTOL
     pool = _randomise(ConvBnPool(3, 8)).eval()
     assert _rel(pool(x), F.relu(F.max_pool2d(pool.bn(pool.conv(x)), 2, 2))) < RTOL
+
+
+@torch.no_grad()
+def test_conv_bn_relu_eval_runs_channels_last_with_a_channels_last_folded_weight_and_keeps_act_hooks():
+    torch.manual_seed(0)
+    cbr = _randomise(ConvBnRelu(4, 8, 3, 2, 1)).eval()
+    x = torch.randn(2, 4, 15, 13)
+    out = cbr(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    weight, _ = folded_conv_bn(cbr.conv, cbr.norm, cbr, torch.channels_last)
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    # the memo is keyed by the layout: the NCHW fold is a different entry
+    assert folded_conv_bn(cbr.conv, cbr.norm, cbr)[0].is_contiguous()
+    seen = []
+    cbr.act.register_forward_hook(lambda m, i, o: seen.append(o))  # the in-place ReLU shortcut must not skip it
+    hooked = cbr(x)
+    assert len(seen) == 1 and torch.equal(hooked, out) and _rel(out, F.relu(cbr.norm(cbr.conv(x)))) < RTOL
 
 
 @torch.no_grad()

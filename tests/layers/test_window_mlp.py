@@ -101,6 +101,16 @@ def test_matches_dense_reference(H, W, ws, shift):
         torch.testing.assert_close(m(x), dense_reference(x, m.weight, m.bias, ws, shift), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('H, W, shift', [(8, 8, 0), (8, 12, 0), (10, 7, 2)])
+def test_non_contiguous_input_matches_dense_reference(H, W, shift):
+    """A transposed (non-contiguous) map takes the permuting copy instead of the row gather: the same result."""
+    m = random_mixer(12, 3, 4, shift)
+    x = torch.randn(2, W, H, 12).transpose(1, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), dense_reference(x, m.weight, m.bias, 4, shift), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m(x), m(x.contiguous()), rtol=0, atol=0)
+
+
 def test_matches_grouped_conv1d_formulation():
     """The official parametrisation: grouped Conv1d over (heads * tokens) channels, weights reshaped from ours."""
     ws, shift, heads, C = 4, 2, 2, 8

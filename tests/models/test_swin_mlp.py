@@ -133,6 +133,23 @@ def test_any_input_size(tiny, H, W):
         h, w = -(-h // 2), -(-w // 2)
 
 
+@pytest.mark.parametrize('H, W', [(64, 64), (61, 38)])
+def test_patch_embed_equals_timm_patch_embed_and_returns_a_contiguous_nhwc_map(tiny, H, W):
+    from timm.layers import PatchEmbed
+    reference = PatchEmbed(img_size=256, patch_size=4, embed_dim=96, norm_layer=torch.nn.LayerNorm,
+                           strict_img_size=False, dynamic_img_pad=True, output_fmt='NHWC')
+    reference.load_state_dict(tiny.patch_embed.state_dict())
+    x = torch.randn(2, 3, H, W, requires_grad=True)
+    out = tiny.patch_embed(x)
+    assert out.shape == (2, -(-H // 4), -(-W // 4), 96) and out.is_contiguous()
+    torch.testing.assert_close(out, reference(x), rtol=1e-5, atol=1e-5)
+    out.square().mean().backward()  # the channels-last conv is differentiable like the plain one
+    grad = x.grad.clone()
+    x.grad = None
+    reference(x).square().mean().backward()
+    torch.testing.assert_close(grad, x.grad, rtol=1e-4, atol=1e-7)
+
+
 def test_padding_does_not_leak_between_images(tiny):
     """Batched and single-image results agree, so padding is per image."""
     x = torch.randn(2, 3, 97, 61)

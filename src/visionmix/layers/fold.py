@@ -157,10 +157,20 @@ def cached_fold(owner: nn.Module, name: str, sources: Sequence[Any], compute: Ca
     return value
 
 
-def folded_conv_bn(conv: nn.Conv2d, bn: _BatchNorm, owner: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias of ``bn(conv(x))`` with the eval-mode ``bn`` folded into ``conv`` (memoised on ``owner``)."""
-    return cached_fold(owner, 'conv_bn', (conv.weight, conv.bias, *bn_sources(bn)),
-                       lambda: fold_bn_after(conv.weight, conv.bias, bn))
+def folded_conv_bn(conv: nn.Conv2d, bn: _BatchNorm, owner: nn.Module,
+                   memory_format: torch.memory_format = torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``bn(conv(x))`` with the eval-mode ``bn`` folded into ``conv`` (memoised on ``owner``).
+
+    Args:
+        memory_format: Of the folded weight. ``torch.channels_last`` for a conv on channels-last input: oneDNN then
+            uses the weight as it is (2-11% faster convs in Hire-MLP-Tiny, batch 8, 2 threads) and the output is
+            channels-last whatever the input's layout.
+    """
+    def compute() -> tuple[torch.Tensor, torch.Tensor]:
+        weight, bias = fold_bn_after(conv.weight, conv.bias, bn)
+        return weight.contiguous(memory_format=memory_format), bias
+
+    return cached_fold(owner, 'conv_bn', (conv.weight, conv.bias, *bn_sources(bn), str(memory_format)), compute)
 
 
 def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, owner: nn.Module) -> torch.Tensor:

@@ -125,17 +125,20 @@ def gelu_mlp_residual(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None
     rows = x.reshape(-1, x.shape[-1])
     shortcut = residual.reshape(-1, n)
     out = shortcut if owns_residual else torch.empty_like(shortcut)
-    block = max(256, min(MLP_BLOCK_ROWS, MLP_BLOCK_NUMBERS // hidden))
-    for start in range(0, rows.shape[0], block):
-        stop = min(start + block, rows.shape[0])
-        h = scratch('mlp.hidden', (stop - start, hidden), x)
+    total = rows.shape[0]
+    block = min(total, max(256, min(MLP_BLOCK_ROWS, MLP_BLOCK_NUMBERS // hidden)))
+    # the loop runs 1-30 times per call: its per-block Python and dispatch work is kept to the GEMMs and passes
+    hidden_block, w1t, w2t = scratch('mlp.hidden', (block, hidden), x), w1.t(), w2.t()
+    for start in range(0, total, block):
+        stop = min(start + block, total)
+        h = hidden_block if stop - start == block else hidden_block[:stop - start]
         if b1 is None:
-            torch.mm(rows[start:stop], w1.t(), out=h)
+            torch.mm(rows[start:stop], w1t, out=h)
         else:
-            torch.addmm(b1, rows[start:stop], w1.t(), out=h)
+            torch.addmm(b1, rows[start:stop], w1t, out=h)
         torch.ops.aten.gelu_(h)
         part = shortcut_plus_bias(shortcut[start:stop], b2, out[start:stop])
-        torch.addmm(part, h, w2.t(), out=part)
+        torch.addmm(part, h, w2t, out=part)
     return out.view(residual.shape)
 
 

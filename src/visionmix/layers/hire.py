@@ -172,18 +172,15 @@ def folded_mean(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     Returns:
         (B, C).
     """
-    _, other, regions, _ = hidden.shape
-    p = region_size
-    total = hidden.sum((1, 2))
-    last = hidden[:, :, -1].sum(1)
-    # positions i >= size - (R - 1) * p of the last region are padding
-    pad = (torch.arange(p, device=hidden.device) >= size - (regions - 1) * p).to(hidden.dtype)
-    sums = total[:, None] - pad[None, :, None] * last[:, None]  # (B, p, K): hidden summed over valid regions
-    w = weight.reshape(p, -1, weight.shape[1])  # (p, C, K)
-    # one small GEMM per region position on pooled vectors (a broadcast product and sum would materialise a
-    # (B, p, C, K) temporary: 6% of Hire-MLP-Tiny's forward at batch 8)
-    out = torch.bmm(sums.transpose(0, 1), w.transpose(1, 2)).sum(0) \
-        + ((regions - pad)[:, None] * bias.reshape(p, -1)).sum(0) * other
+    _, other, regions, k = hidden.shape
+    valid = size - (regions - 1) * region_size  # positions of the last region inside the map; the rest is padding
+    w = weight.reshape(region_size, -1, k)  # (p, C, K)
+    b = bias.reshape(region_size, -1)
+    # summed over the map, the branch output is the layer applied to hidden sums: over every region, less the last
+    # region for the region positions that are padding there (GEMV-sized ops on pooled vectors, no pass over a map)
+    out = F.linear(hidden.sum((1, 2)), w.sum(0), b.sum(0) * (regions * other))
+    if valid < region_size:
+        out = out - F.linear(hidden[:, :, -1].sum(1), w[valid:].sum(0), b[valid:].sum(0) * other)
     return out / (size * other)
 
 

@@ -14,6 +14,7 @@ Everything works on ``(B, H, W, C)`` tensors.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -128,9 +129,13 @@ def window_spatial_mix(
         x = _pad_into(scratch('window.padded', (B, Hp, Wp, C), x), x, top, left)
 
     # (B, nh, wh, nw, ww, heads, d) -> (heads, wh, ww, B, nh, nw, d): tokens of a window on dim 1, all else on dim 2
-    x = x.view(B, nh, wh, nw, ww, num_heads, head_dim).permute(5, 2, 4, 0, 1, 3, 6)
-    if use_scratch:
-        x = scratch('window.tokens', x.shape, x).copy_(x)
+    if use_scratch and x.is_contiguous():
+        # the same permutation as a gather of head_dim-long rows: 1.1-2.3x faster than the 7-dim permuting copy
+        # (batch 8, 2 threads), which steps through its strides once per row
+        index = _token_order(B, nh, wh, nw, ww, num_heads, x.device)
+        x = torch.index_select(x.view(-1, head_dim), 0, index, out=scratch('window.tokens', (len(index), head_dim), x))
+    else:
+        x = x.view(B, nh, wh, nw, ww, num_heads, head_dim).permute(5, 2, 4, 0, 1, 3, 6)
     x = x.reshape(num_heads, tokens, B * nh * nw * head_dim)
     # the mixed tokens are read once more, by the residual add that makes the (new) result
     out = scratch('window.mixed', x.shape, x) if use_scratch and residual is not None else None
@@ -151,6 +156,15 @@ def window_spatial_mix(
     else:
         x = x.reshape(B, Hp, Wp, C)[:, top:top + H, left:left + W]
     return x if residual is None else residual + x
+
+
+@functools.lru_cache(maxsize=64)
+def _token_order(B: int, nh: int, wh: int, nw: int, ww: int, heads: int, device: torch.device) -> torch.Tensor:
+    """Row indices that gather the head_dim-long rows of a (B, nh*wh, nw*ww, heads * d) map into the
+    (heads, wh, ww, B, nh, nw) order of :func:`window_spatial_mix`'s token layout."""
+    with torch.inference_mode(False):  # a normal tensor, usable inside and outside inference mode
+        rows = torch.arange(B * nh * wh * nw * ww * heads, device=device)
+    return rows.view(B, nh, wh, nw, ww, heads).permute(5, 2, 4, 0, 1, 3).reshape(-1)
 
 
 def _pad_into(padded: torch.Tensor, x: torch.Tensor, top: int, left: int) -> torch.Tensor:

@@ -26,6 +26,7 @@ from timm.models._manipulate import checkpoint_seq
 from ..errors import VisionmixError
 from ..layers.fold import batch_norm_last, bn_folds, contiguous_grad, folded_conv_bn
 from ..layers.hire import HireMlp, PointwiseMlp, hire_step
+from ..layers.scratch import has_hooks
 from ..checkpoint import unwrapping
 from ..registry import ModelCard, card_to_pretrained_fields, register_visionmix_model
 from ..layers.stride import plan_stages
@@ -64,8 +65,12 @@ class ConvBnRelu(nn.Module):
             return contiguous_grad(self.act(norm(conv(x.contiguous()))))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        weight, bias = folded_conv_bn(conv, norm, self)
-        return self.act(F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups))
+            weight, bias = folded_conv_bn(conv, norm, self, torch.channels_last)
+        else:
+            weight, bias = folded_conv_bn(conv, norm, self)
+        x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        # ReLU in place on the fresh conv output (autograd-safe: the conv's backward does not read its output)
+        return x.relu_() if type(self.act) is nn.ReLU and not has_hooks(self.act) else self.act(x)
 
 
 class HireBlock(nn.Module):
