@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import visionmix.layers.hire as hire
 from visionmix.layers.hire import HireMlp, RegionMlp, circular_take, region_fold, region_unfold
 
 
@@ -92,3 +93,55 @@ def test_hire_mlp_reweighting_is_a_softmax_over_branches():
         a = logits[ch * 3:ch * 3 + 3].softmax(0)
         expected[:, ch] = h[:, ch] * a[0] + w[:, ch] * a[1] + c[:, ch] * a[2]
     assert torch.allclose(mixer(x), mixer.proj(expected), atol=1e-6)
+
+
+def _randomised_mixer(dim: int, p: int, step: int) -> HireMlp:
+    mixer = HireMlp(dim, region_size=p, step=step).eval()
+    for bn in (mixer.height.norm, mixer.width.norm):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.5, 0.5)
+    return mixer
+
+
+@pytest.mark.parametrize('p, step, size', [(2, 0, (12, 12)), (4, 2, (13, 11)), (3, 1, (10, 14))])
+def test_projection_folded_into_per_sample_branch_weights_equals_the_plain_mixer(monkeypatch, p, step, size):
+    """Inference on maps with more than (1 + p) * C positions folds the projection into the branch weights (no
+    mixed map, no projection GEMM): the result is still residual + proj(reweighted branches)."""
+    torch.manual_seed(0)
+    mixer = _randomised_mixer(8, p, step)
+    x, residual = torch.randn(2, *size, 8), torch.randn(2, *size, 8)
+    expected = residual + mixer(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # autograd on: the plain formulation
+
+    def unused(*args):
+        raise AssertionError('the per-sample path forms no weighted channel branch')
+
+    with torch.no_grad():
+        assert mixer._projects_per_sample(x)
+        monkeypatch.setattr(hire, 'weighted_channel_branch', unused)
+        torch.testing.assert_close(mixer.forward_nhwc(x, residual=residual), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_projection_stays_a_gemm_on_small_maps_and_with_active_dropout():
+    torch.manual_seed(0)
+    mixer = _randomised_mixer(8, 3, 1)
+    with torch.no_grad():
+        assert not mixer._projects_per_sample(torch.randn(2, 5, 6, 8))  # 30 positions <= (1 + 3) * 8
+        large = torch.randn(2, 10, 14, 8)
+        assert mixer._projects_per_sample(large)
+        mixer.proj_drop.p = 0.5
+        mixer.train()
+        assert not mixer._projects_per_sample(large)  # dropout acts between the mix and the projection
+
+
+def test_add_region_unfold_without_weight_adds_the_unfolded_map():
+    torch.manual_seed(0)
+    mlp = RegionMlp(4, 3, 1, axis=3).eval()
+    x = torch.randn(2, 5, 7, 4)
+    with torch.no_grad():
+        folded, _ = mlp.forward_folded(x)
+        weighted = hire.add_region_unfold_(torch.zeros_like(x), folded, torch.ones(1), 1, 2)
+        plain = hire.add_region_unfold_(torch.zeros_like(x), folded, None, 1, 2)
+    assert torch.equal(weighted, plain)
+    torch.testing.assert_close(plain, mlp(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), rtol=1e-5, atol=1e-6)

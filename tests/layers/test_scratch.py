@@ -18,7 +18,7 @@ import visionmix.layers.mixing as mixing
 import visionmix.layers.scratch as scratch_module
 import visionmix.layers.window_mlp as window_mlp
 from visionmix.layers.fused import linear_scratch
-from visionmix.layers.scratch import release_scratch, scratch, scratch_active, scratch_bytes
+from visionmix.layers.scratch import release_scratch, scratch, scratch_active, scratch_bytes, scratch_disabled
 
 # every module that decides on scratch buffers through its own reference to scratch_active
 USERS = (fused, hire, mixing, window_mlp)
@@ -287,3 +287,17 @@ def test_token_mlp_scaled_residual_equals_the_plain_sum(with_bias, owns_residual
     mlp.scaled_residual(xg, res.clone(), gamma, owns_residual=True).sum().backward()
     assert xg.grad is not None and xg.grad.abs().sum() > 0
     release_scratch()
+
+
+def test_scratch_disabled_turns_the_inference_paths_off_in_this_thread_only():
+    x = torch.zeros(2)
+    seen = []
+    with torch.no_grad():
+        assert scratch_active(x)
+        with scratch_disabled():
+            assert not scratch_active(x)
+            worker = threading.Thread(target=lambda: seen.append(torch.no_grad()(scratch_active)(x)))
+            worker.start()
+            worker.join()
+        assert scratch_active(x)
+    assert seen == [True]

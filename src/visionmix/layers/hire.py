@@ -24,6 +24,8 @@ rearrangements cost at most one gather each:
   folded axis hold every input position exactly once), so ``h + w + c`` is never formed.
 * an eval-mode BatchNorm on the input (the block's ``norm1``) and the BatchNorm inside each region MLP are folded into
   the adjacent weights (:mod:`visionmix.layers.fold`).
+* in inference on maps with more than ``(1 + p) * C`` positions the output projection is folded, per sample, into the
+  channel branch and the region MLPs' output layers (:meth:`HireMlp._forward_projected`): one GEMM fewer per block.
 """
 from __future__ import annotations
 
@@ -185,9 +187,10 @@ def folded_mean(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
 
 
 @register_notrace_function  # reason: slice bounds depend on the input size
-def add_region_unfold_(out: torch.Tensor, folded: torch.Tensor, weight: torch.Tensor, step: int = 0,
+def add_region_unfold_(out: torch.Tensor, folded: torch.Tensor, weight: torch.Tensor | None, step: int = 0,
                        axis: int = 2) -> torch.Tensor:
-    """``out += weight * region_unfold(folded)`` in place, for channels-last maps.
+    """``out += weight * region_unfold(folded)`` (``out += region_unfold(folded)`` for None) in place, for
+    channels-last maps.
 
     Unfolding, cropping the circular padding and rolling back by ``step`` are strided views of ``folded``: position
     ``y`` of the map is position ``(y + step) mod size`` of the folded axis, i.e. two slices when the shift wraps.
@@ -195,16 +198,17 @@ def add_region_unfold_(out: torch.Tensor, folded: torch.Tensor, weight: torch.Te
     Args:
         out: (B, H, W, C), accumulated into.
         folded: A :func:`region_fold_nhwc` layout of the same map (any region size).
-        weight: Broadcastable to ``out``, e.g. (B, 1, 1, C).
+        weight: Broadcastable to ``out``, e.g. (B, 1, 1, C), or None.
         step: The shift the fold applied.
         axis: 1 (rows) or 2 (columns), as folded.
     """
     n = out.shape[axis]
     src = _unfolded(folded, out.shape[-1], axis)
     shift = step % n
-    out.narrow(axis, 0, n - shift).addcmul_(src.narrow(axis, shift, n - shift), weight)
-    if shift:
-        out.narrow(axis, n - shift, shift).addcmul_(src.narrow(axis, 0, shift), weight)
+    for dst_start, src_start, length in ((0, shift, n - shift), (n - shift, 0, shift)):
+        if length:
+            dst, part = out.narrow(axis, dst_start, length), src.narrow(axis, src_start, length)
+            dst.add_(part) if weight is None else dst.addcmul_(part, weight)
     return out
 
 
@@ -305,14 +309,21 @@ class RegionMlp(nn.Module):
             x: Channels-last map.
             in_norm: An eval-mode BatchNorm to apply to ``x`` first, folded into fc1.
         """
+        h, mean = self.hidden_and_mean(x, in_norm)
+        _, _, w2, b2 = self.folded_weights(in_norm)
+        return linear_scratch(h, w2, b2, f'hire.branch{self.axis}'), mean
+
+    def hidden_and_mean(self, x: torch.Tensor, in_norm: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, W, C) -> the hidden map after the ReLU, ``(B, other, R, C / 2)`` in the :func:`region_fold_nhwc`
+        row order, and the mean (B, C) of the branch output fc2 would make from it (:func:`folded_mean`)."""
         w1, b1, w2, b2 = self.folded_weights(in_norm)
         # in inference the hidden and folded output maps are scratch buffers, consumed by HireMlp before it returns
-        h = linear_scratch(region_fold_nhwc(x, self.region_size, self.step, self.axis - 1), w1, b1, 'hire.hidden')
+        h = linear_scratch(region_fold_nhwc(x, self.region_size, self.step, self.axis - 1), w1, b1,
+                           f'hire.hidden{self.axis}')
         if not bn_folds(self.norm):
             h = batch_norm_last(self.norm, h)
         h = h.relu_() if scratch_active(h) else self.act(h)
-        mean = folded_mean(h, w2, b2, x.shape[self.axis - 1], self.region_size)
-        return linear_scratch(h, w2, b2, f'hire.branch{self.axis}'), mean
+        return h, folded_mean(h, w2, b2, x.shape[self.axis - 1], self.region_size)
 
     def extra_repr(self) -> str:
         return f'region_size={self.region_size}, step={self.step}, axis={self.axis}'
@@ -358,15 +369,12 @@ class HireMlp(nn.Module):
             residual: Added to the output by the projection GEMM itself (the block's shortcut).
         """
         B, H, W, C = x.shape
+        if residual is not None and self._projects_per_sample(x):
+            return self._forward_projected(x, in_norm, residual)
         h, mean_h = self.height.forward_folded(x, in_norm)
         w, mean_w = self.width.forward_folded(x, in_norm)
-        channel = self.channel
-        wc, bc = cached_fold(self, 'channel', (channel.weight, channel.bias, *bn_sources(in_norm)),
-                             lambda: fold_input_norm(channel.weight.flatten(1), channel.bias, in_norm))
-        # the channel branch is linear: its mean is the branch applied to the mean of x
-        mean = mean_h + mean_w + F.linear(x.mean((1, 2)), wc, bc)
-        # reweight output channel c * 3 + k weighs branch k of channel c
-        a = self._reweight(mean).reshape(B, C, 3).softmax(dim=-1)
+        wc, bc = self._channel_weights(in_norm)
+        a = self._branch_weights(x, wc, bc, mean_h, mean_w)
         out = weighted_channel_branch(x, wc, bc, a[..., 2])
         out = add_region_unfold_(out, h, a[:, None, None, :, 0], self.height.step, 1)
         out = add_region_unfold_(out, w, a[:, None, None, :, 1], self.width.step, 2)
@@ -375,6 +383,60 @@ class HireMlp(nn.Module):
             return linear_residual(residual, out, wp, bp)
         out = self.proj_drop(F.linear(out, wp, bp))
         return out if residual is None else residual + out
+
+    def _channel_weights(self, in_norm: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The channel branch as a (C, C) matrix and bias, with ``in_norm`` folded in."""
+        channel = self.channel
+        return cached_fold(self, 'channel', (channel.weight, channel.bias, *bn_sources(in_norm)),
+                           lambda: fold_input_norm(channel.weight.flatten(1), channel.bias, in_norm))
+
+    def _branch_weights(self, x: torch.Tensor, wc: torch.Tensor, bc: torch.Tensor, mean_h: torch.Tensor,
+                        mean_w: torch.Tensor) -> torch.Tensor:
+        """(B, C, 3): the softmax weights of the height, width and channel branches per sample and channel."""
+        # the channel branch is linear: its mean is the branch applied to the mean of x
+        mean = mean_h + mean_w + F.linear(x.mean((1, 2)), wc, bc)
+        # reweight output channel c * 3 + k weighs branch k of channel c
+        return self._reweight(mean).reshape(x.shape[0], x.shape[-1], 3).softmax(dim=-1)
+
+    def _projects_per_sample(self, x: torch.Tensor) -> bool:
+        """True when :meth:`_forward_projected` applies and saves work: in inference, without an active dropout,
+        on maps with more positions than ``(1 + p) * C``.
+
+        Folding the projection into the branch weights saves its GEMM (``H * W * C^2`` multiply-adds per sample)
+        and costs ``(1 + p) * C^3`` to build the per-sample matrices: Hire-MLP-Tiny's first two stages qualify.
+        """
+        if not (scratch_active(x) and inactive_dropout(self.proj_drop)):
+            return False  # checked first: under fx tracing the sizes below are proxies
+        _, H, W, C = x.shape
+        return H * W > (1 + self.height.region_size) * C
+
+    def _forward_projected(self, x: torch.Tensor, in_norm: nn.Module | None, residual: torch.Tensor) -> torch.Tensor:
+        """``residual + proj(mix)`` with the projection folded into each branch's output layer, per sample.
+
+        ``proj(a_h * h + a_w * w + a_c * c)`` is linear in each branch: with ``P_k = W_proj diag(a_k)`` the channel
+        branch becomes one batched GEMM with ``P_c W_c`` accumulated onto ``residual``, and the height / width
+        outputs are made by ``P_k W_fc2`` (per region position) and added unfolded, unscaled. No mixed map is
+        formed and the projection GEMM disappears.
+        """
+        B, H, W, C = x.shape
+        hidden_h, mean_h = self.height.hidden_and_mean(x, in_norm)
+        hidden_w, mean_w = self.width.hidden_and_mean(x, in_norm)
+        wc, bc = self._channel_weights(in_norm)
+        a = self._branch_weights(x, wc, bc, mean_h, mean_w)
+        wp = self.proj.weight.flatten(1)
+        proj_h, proj_w, proj_c = (wp * a[:, None, :, k] for k in range(3))  # (B, C, C)
+        out = torch.add(residual, (self.proj.bias + torch.matmul(proj_c, bc))[:, None, None, :])
+        out.view(B, H * W, C).baddbmm_(x.reshape(B, H * W, C), torch.matmul(proj_c, wc).transpose(1, 2))
+        for region, hidden, proj_k in ((self.height, hidden_h, proj_h), (self.width, hidden_w, proj_w)):
+            p, k = region.region_size, hidden.shape[-1]
+            _, _, w2, b2 = region.folded_weights(in_norm)
+            w2k = torch.matmul(proj_k[:, None], w2.view(p, C, k)).view(B, p * C, k)
+            b2k = torch.matmul(proj_k[:, None], b2.view(p, C, 1)).view(B, 1, p * C)
+            rows = hidden.reshape(B, -1, k)
+            branch = torch.baddbmm(b2k, rows, w2k.transpose(1, 2),
+                                   out=scratch(f'hire.branch{region.axis}', (B, rows.shape[1], p * C), x))
+            add_region_unfold_(out, branch.view(*hidden.shape[:-1], p * C), None, region.step, region.axis - 1)
+        return out
 
     def _reweight(self, x: torch.Tensor) -> torch.Tensor:
         """The reweighting MLP (1x1 convs) on pooled vectors (B, C), as linear layers."""

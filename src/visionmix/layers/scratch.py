@@ -21,14 +21,15 @@ Rules that make this safe:
   and never calls code that uses the same slot while it still needs it. Slots are named by their user
   (``'mlp.hidden'``, ``'hire.*'``, ``'window.*'``, ``'token.hidden'``).
 * A slot's buffer grows to the largest size asked for and is then kept: the memory of the largest temporary of each
-  slot stays with the thread (:func:`scratch_bytes`: 35 MB for Hire-MLP-Tiny at batch 8 and 224 px, 60 MB for
+  slot stays with the thread (:func:`scratch_bytes`: 29 MB for Hire-MLP-Tiny at batch 8 and 224 px, 58 MB for
   Swin-MLP-Tiny at 256 px, 3 MB for SPACH-MS-XXS-Conv). :func:`release_scratch` frees the calling thread's buffers.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -36,7 +37,7 @@ from torch.nn.modules import module as _module
 
 from .fold import is_tracing
 
-__all__ = ['scratch_active', 'has_hooks', 'scratch', 'release_scratch', 'scratch_bytes']
+__all__ = ['scratch_active', 'scratch_disabled', 'has_hooks', 'scratch', 'release_scratch', 'scratch_bytes']
 
 _local = threading.local()
 
@@ -51,7 +52,22 @@ def _buffers() -> dict[tuple[str, torch.dtype], torch.Tensor]:
 def scratch_active(like: torch.Tensor) -> bool:
     """True when a temporary shaped after ``like`` may live in a scratch buffer (see the module rules)."""
     # tracing first: under fx, ``like`` is a proxy whose attributes cannot be branched on
-    return not is_tracing() and not torch.is_grad_enabled() and like.device.type == 'cpu'
+    return not is_tracing() and not torch.is_grad_enabled() and like.device.type == 'cpu' \
+        and not getattr(_local, 'disabled', False)
+
+
+@contextlib.contextmanager
+def scratch_disabled() -> Iterator[None]:
+    """Run without scratch buffers in this thread, hence without the inference-only steps built on them: models
+    compute their plain formulation, as under autograd. :func:`visionmix.profile.count_macs` counts that arithmetic
+    (the architecture's), not the fewer multiply-adds some inference steps need (e.g. Hire-MLP's projection folded
+    into per-sample branch weights)."""
+    previous = getattr(_local, 'disabled', False)
+    _local.disabled = True
+    try:
+        yield
+    finally:
+        _local.disabled = previous
 
 
 def has_hooks(module: nn.Module) -> bool:

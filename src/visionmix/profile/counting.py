@@ -12,6 +12,8 @@ import torch.nn as nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..layers.scratch import scratch_disabled
+
 __all__ = ['count_params', 'count_macs']
 
 
@@ -40,7 +42,8 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), batc
         device = param.device if param is not None else torch.device('cpu')
         x = torch.zeros(batch_size, *input_size, device=device)
         counter = FlopCounterMode(display=False)
-        with sdpa_kernel(SDPBackend.MATH), counter:
+        # the plain formulation: the architecture's multiply-adds, not those of inference-only shortcuts
+        with scratch_disabled(), sdpa_kernel(SDPBackend.MATH), counter:
             model(x)
         return counter.get_total_flops() // 2 // batch_size
     finally:
