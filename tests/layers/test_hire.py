@@ -118,21 +118,26 @@ def test_projection_folded_into_per_sample_branch_weights_equals_the_plain_mixer
         raise AssertionError('the per-sample path forms no weighted channel branch')
 
     with torch.no_grad():
-        assert mixer._projects_per_sample(x)
+        assert mixer._projects_per_sample(x, residual)
         monkeypatch.setattr(hire, 'weighted_channel_branch', unused)
         torch.testing.assert_close(mixer.forward_nhwc(x, residual=residual), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_projection_stays_a_gemm_on_small_maps_and_with_active_dropout():
+def test_projection_stays_a_gemm_on_small_maps_with_active_dropout_or_a_strided_residual():
     torch.manual_seed(0)
     mixer = _randomised_mixer(8, 3, 1)
     with torch.no_grad():
-        assert not mixer._projects_per_sample(torch.randn(2, 5, 6, 8))  # 30 positions <= (1 + 3) * 8
+        small = torch.randn(2, 5, 6, 8)
+        assert not mixer._projects_per_sample(small, small)  # 30 positions <= (1 + 3) * 8
         large = torch.randn(2, 10, 14, 8)
-        assert mixer._projects_per_sample(large)
+        assert mixer._projects_per_sample(large, large)
+        transposed = torch.randn(2, 14, 10, 8).transpose(1, 2)
+        assert not mixer._projects_per_sample(large, transposed)  # the residual is accumulated onto as a view
+        expected = transposed + mixer(large.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        torch.testing.assert_close(mixer.forward_nhwc(large, residual=transposed), expected, rtol=1e-5, atol=1e-5)
         mixer.proj_drop.p = 0.5
         mixer.train()
-        assert not mixer._projects_per_sample(large)  # dropout acts between the mix and the projection
+        assert not mixer._projects_per_sample(large, large)  # dropout acts between the mix and the projection
 
 
 def test_add_region_unfold_without_weight_adds_the_unfolded_map():

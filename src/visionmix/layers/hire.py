@@ -208,7 +208,10 @@ def add_region_unfold_(out: torch.Tensor, folded: torch.Tensor, weight: torch.Te
     for dst_start, src_start, length in ((0, shift, n - shift), (n - shift, 0, shift)):
         if length:
             dst, part = out.narrow(axis, dst_start, length), src.narrow(axis, src_start, length)
-            dst.add_(part) if weight is None else dst.addcmul_(part, weight)
+            if weight is None:
+                dst.add_(part)
+            else:
+                dst.addcmul_(part, weight)
     return out
 
 
@@ -369,7 +372,7 @@ class HireMlp(nn.Module):
             residual: Added to the output by the projection GEMM itself (the block's shortcut).
         """
         B, H, W, C = x.shape
-        if residual is not None and self._projects_per_sample(x):
+        if residual is not None and self._projects_per_sample(x, residual):
             return self._forward_projected(x, in_norm, residual)
         h, mean_h = self.height.forward_folded(x, in_norm)
         w, mean_w = self.width.forward_folded(x, in_norm)
@@ -398,14 +401,15 @@ class HireMlp(nn.Module):
         # reweight output channel c * 3 + k weighs branch k of channel c
         return self._reweight(mean).reshape(x.shape[0], x.shape[-1], 3).softmax(dim=-1)
 
-    def _projects_per_sample(self, x: torch.Tensor) -> bool:
-        """True when :meth:`_forward_projected` applies and saves work: in inference, without an active dropout,
-        on maps with more positions than ``(1 + p) * C``.
+    def _projects_per_sample(self, x: torch.Tensor, residual: torch.Tensor) -> bool:
+        """True when :meth:`_forward_projected` applies and saves work: in inference, without an active dropout, with
+        a contiguous ``residual`` (accumulated onto as a (B, H * W, C) view), on maps with more positions than
+        ``(1 + p) * C``.
 
         Folding the projection into the branch weights saves its GEMM (``H * W * C^2`` multiply-adds per sample)
         and costs ``(1 + p) * C^3`` to build the per-sample matrices: Hire-MLP-Tiny's first two stages qualify.
         """
-        if not (scratch_active(x) and inactive_dropout(self.proj_drop)):
+        if not (scratch_active(x) and inactive_dropout(self.proj_drop) and residual.is_contiguous()):
             return False  # checked first: under fx tracing the sizes below are proxies
         _, H, W, C = x.shape
         return H * W > (1 + self.height.region_size) * C
