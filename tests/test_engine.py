@@ -131,6 +131,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, '-m', 'visionmix', *args]
 
 
+@pytest.mark.slow  # ~50 s of subprocess training; exact resume is checked fast by test_resume_equals_uninterrupted
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     sets = ['--set', 'threads=1', '--set', 'limit_train=384', '--set', 'img_size=16', '--set', 'auto_augment=null',
             '--set', 'model_kwargs={net_arch: [[pass, 1]], embed_dim: 8}', '--set', 'mixup=0.8',
@@ -160,6 +161,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # ~40 s: torchrun and two gloo processes
 def test_ddp_two_processes_on_cpu(tmp_path):
     """torchrun with 2 gloo processes: the run completes, only rank 0 writes, and the val top-1 it reports (reduced
     across ranks by torchmetrics) equals a single-process evaluation of the saved weights."""
