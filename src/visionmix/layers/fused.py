@@ -7,8 +7,8 @@ on contiguous operands):
 * :func:`linear_residual`: ``res + linear(x)``, the residual accumulated by the GEMM itself (``addmm`` with
   ``beta = 1``) instead of a bias broadcast into the output, a GEMM, and a separate add.
 * :func:`residual_add`: ``x + branch``, in place into the fresh ``branch`` in inference.
-* :func:`gelu_fast`: exact GELU, in place on a fresh tensor in inference; :func:`activate` runs an activation
-  module that way when it is exact GELU.
+* :func:`gelu_fast` / :func:`relu_fast`: exact GELU / ReLU, in place on a fresh tensor in inference;
+  :func:`activate` runs an activation module that way when it is one of them.
 * :func:`mlp_residual`: ``x + mlp(y)`` for timm's ``Mlp``: GELU in place, the residual added by fc2's GEMM.
 * :func:`linear_scratch`: a linear layer whose output, a temporary the caller consumes before it returns, goes into
   a reused buffer in inference (:mod:`visionmix.layers.scratch`).
@@ -26,7 +26,7 @@ from timm.layers import register_notrace_function
 
 from .scratch import has_hooks, scratch, scratch_active
 
-__all__ = ['linear_residual', 'residual_add', 'gelu_fast', 'is_exact_gelu', 'activate', 'mlp_fusable',
+__all__ = ['linear_residual', 'residual_add', 'gelu_fast', 'relu_fast', 'is_exact_gelu', 'activate', 'mlp_fusable',
            'mlp_residual', 'inactive_dropout', 'linear_scratch', 'gelu_mlp_residual', 'shortcut_plus_bias']
 
 # row blocks of gelu_mlp_residual: 2048 rows, whose hidden map the GELU and fc2 then read from the cache. Measured on
@@ -75,14 +75,27 @@ def gelu_fast(x: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.gelu_(x)
 
 
+@register_notrace_function  # reason: picks in place vs out of place from requires_grad at run time
+def relu_fast(x: torch.Tensor) -> torch.Tensor:
+    """ReLU, in place when no gradient is recorded (``x`` must be a fresh tensor)."""
+    if x.requires_grad:
+        return F.relu(x)
+    return x.relu_()
+
+
 def is_exact_gelu(act: nn.Module) -> bool:
     """True when ``act`` is ``nn.GELU`` with the exact (erf) formula, which :func:`gelu_fast` computes."""
     return type(act) is nn.GELU and act.approximate == 'none'
 
 
 def activate(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``act(x)`` for a fresh ``x``: through :func:`gelu_fast` (in place in inference) when ``act`` is exact GELU."""
-    return gelu_fast(x) if is_exact_gelu(act) else act(x)
+    """``act(x)`` for a fresh ``x``, without calling ``act``: exact GELU through :func:`gelu_fast` and ``nn.ReLU``
+    in place when no gradient is recorded for ``x``; any other activation as ``act(x)``."""
+    if is_exact_gelu(act):
+        return gelu_fast(x)
+    if type(act) is nn.ReLU:
+        return relu_fast(x)
+    return act(x)
 
 
 @register_notrace_function  # reason: picks a scratch buffer or a new tensor at run time
@@ -176,5 +189,5 @@ def mlp_residual(mlp: nn.Module, x: torch.Tensor, residual: torch.Tensor, owns_r
 
 # fx: mlp_residual is called from module forwards elsewhere; timm's autowrap only scans the globals of those
 # forwards, so the leaves it calls here are wrapped by name in this module for every symbolic trace
-for _fn in ('linear_residual', 'gelu_fast', 'linear_scratch', 'gelu_mlp_residual'):
+for _fn in ('linear_residual', 'gelu_fast', 'relu_fast', 'linear_scratch', 'gelu_mlp_residual'):
     torch.fx.wrap(_fn)

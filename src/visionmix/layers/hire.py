@@ -312,14 +312,21 @@ class RegionMlp(nn.Module):
             x: Channels-last map.
             in_norm: An eval-mode BatchNorm to apply to ``x`` first, folded into fc1.
         """
-        h, mean = self.hidden_and_mean(x, in_norm)
-        _, _, w2, b2 = self.folded_weights(in_norm)
+        weights = self.folded_weights(in_norm)
+        h, mean = self.hidden_and_mean(x, weights)
+        _, _, w2, b2 = weights
         return linear_scratch(h, w2, b2, f'hire.branch{self.axis}'), mean
 
-    def hidden_and_mean(self, x: torch.Tensor, in_norm: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def hidden_and_mean(self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
+                                                               torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, W, C) -> the hidden map after the ReLU, ``(B, other, R, C / 2)`` in the :func:`region_fold_nhwc`
-        row order, and the mean (B, C) of the branch output fc2 would make from it (:func:`folded_mean`)."""
-        w1, b1, w2, b2 = self.folded_weights(in_norm)
+        row order, and the mean (B, C) of the branch output fc2 would make from it (:func:`folded_mean`).
+
+        Args:
+            x: Channels-last map.
+            weights: :meth:`folded_weights`, fetched once by the caller, which applies fc2 itself.
+        """
+        w1, b1, w2, b2 = weights
         # in inference the hidden and folded output maps are scratch buffers, consumed by HireMlp before it returns
         h = linear_scratch(region_fold_nhwc(x, self.region_size, self.step, self.axis - 1), w1, b1,
                            f'hire.hidden{self.axis}')
@@ -423,17 +430,18 @@ class HireMlp(nn.Module):
         formed and the projection GEMM disappears.
         """
         B, H, W, C = x.shape
-        hidden_h, mean_h = self.height.hidden_and_mean(x, in_norm)
-        hidden_w, mean_w = self.width.hidden_and_mean(x, in_norm)
+        weights_h, weights_w = self.height.folded_weights(in_norm), self.width.folded_weights(in_norm)
+        hidden_h, mean_h = self.height.hidden_and_mean(x, weights_h)
+        hidden_w, mean_w = self.width.hidden_and_mean(x, weights_w)
         wc, bc = self._channel_weights(in_norm)
         a = self._branch_weights(x, wc, bc, mean_h, mean_w)
         wp = self.proj.weight.flatten(1)
         proj_h, proj_w, proj_c = (wp * a[:, None, :, k] for k in range(3))  # (B, C, C)
         out = torch.add(residual, (self.proj.bias + torch.matmul(proj_c, bc))[:, None, None, :])
         out.view(B, H * W, C).baddbmm_(x.reshape(B, H * W, C), torch.matmul(proj_c, wc).transpose(1, 2))
-        for region, hidden, proj_k in ((self.height, hidden_h, proj_h), (self.width, hidden_w, proj_w)):
+        for region, hidden, proj_k, (_, _, w2, b2) in ((self.height, hidden_h, proj_h, weights_h),
+                                                      (self.width, hidden_w, proj_w, weights_w)):
             p, k = region.region_size, hidden.shape[-1]
-            _, _, w2, b2 = region.folded_weights(in_norm)
             w2k = torch.matmul(proj_k[:, None], w2.view(p, C, k)).view(B, p * C, k)
             b2k = torch.matmul(proj_k[:, None], b2.view(p, C, 1)).view(B, 1, p * C)
             rows = hidden.reshape(B, -1, k)

@@ -25,6 +25,7 @@ from timm.models._manipulate import checkpoint_seq
 
 from ..errors import VisionmixError
 from ..layers.fold import batch_norm_last, bn_folds, contiguous_grad, folded_conv_bn
+from ..layers.fused import activate
 from ..layers.hire import HireMlp, PointwiseMlp, hire_step
 from ..layers.scratch import has_hooks
 from ..checkpoint import unwrapping
@@ -69,8 +70,8 @@ class ConvBnRelu(nn.Module):
         else:
             weight, bias = folded_conv_bn(conv, norm, self)
         x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-        # ReLU in place on the fresh conv output (autograd-safe: the conv's backward does not read its output)
-        return x.relu_() if type(self.act) is nn.ReLU and not has_hooks(self.act) else self.act(x)
+        # in place on the fresh conv output in inference, unless a hook on ``act`` should see the call
+        return self.act(x) if has_hooks(self.act) else activate(self.act, x)
 
 
 class HireBlock(nn.Module):
