@@ -252,17 +252,19 @@ def test_gelu_mlp_accumulates_into_a_residual_it_is_handed(with_bias, input_is_r
     release_scratch()
 
 
-def test_hire_reweighting_mean_equals_the_mean_of_the_unfolded_branch():
-    # folded_mean reads the hidden map only; it must equal the mean over the map of the branch it stands for
+@pytest.mark.parametrize('size, p, step', [(7, 2, 1), (8, 3, 2), (6, 3, 0), (2, 3, 1)])
+def test_hire_reweighting_mean_equals_the_mean_of_the_unfolded_branch(size, p, step):
+    # the mean layer reads sums of the hidden map only; it must equal the mean over the map of the branch output
     g = torch.Generator().manual_seed(5)
-    for size, p, step in ((7, 2, 1), (8, 3, 2), (6, 3, 0)):
-        mlp = hire.RegionMlp(4, p, step, axis=3).eval()
-        x = torch.randn(2, 5, size, 4, generator=g)
-        with torch.no_grad():
-            folded, mean = mlp.forward_folded(x)
-            full = torch.zeros_like(x)
-            hire.add_region_unfold_(full, folded, torch.ones(1), step, 2)
-        torch.testing.assert_close(mean, full.mean((1, 2)), rtol=1e-5, atol=1e-6)
+    mlp = hire.RegionMlp(4, p, step, axis=3).eval()
+    mlp.fc2.bias.data.normal_(generator=g)
+    x = torch.randn(2, 5, size, 4, generator=g)
+    with torch.no_grad():
+        weights = mlp.folded_weights()
+        hidden = mlp.hidden(x, weights)
+        full = hire.add_region_unfold_(torch.zeros_like(x), F.linear(hidden, *weights[2:]), None, step, 2)
+        mean = F.linear(hire.region_sums(hidden, size, p), *mlp.mean_layer(size, 5))
+    torch.testing.assert_close(mean, full.mean((1, 2)), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('with_bias', [True, False])

@@ -20,14 +20,16 @@ rearrangements cost at most one gather each:
   consecutive numbers. The region MLP weights are permuted to that ``(position, channel)`` order on the fly.
 * unfolding, cropping and rolling back are never materialised: the branch outputs are added, weighted by the
   reweighting softmax, into the channel branch through strided views (two slices when the shift wraps).
-* the spatial means that drive the reweighting are taken on the folded outputs (the first ``size`` positions of the
-  folded axis hold every input position exactly once), so ``h + w + c`` is never formed.
+* the spatial mean of ``h + w + c`` that drives the reweighting is one small GEMM on sums of the region MLPs' hidden
+  maps and of the input (every branch is linear after its hidden layer), so ``h + w + c`` is never formed.
 * an eval-mode BatchNorm on the input (the block's ``norm1``) and the BatchNorm inside each region MLP are folded into
   the adjacent weights (:mod:`visionmix.layers.fold`).
 * in inference on maps with more than ``(1 + p) * C`` positions the output projection is folded, per sample, into the
   channel branch and the region MLPs' output layers (:meth:`HireMlp._forward_projected`): one GEMM fewer per block.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn as nn
@@ -39,8 +41,8 @@ from .fused import (activate, gelu_mlp_residual, inactive_dropout, is_exact_gelu
                     linear_scratch)
 from .scratch import has_hooks, scratch, scratch_active
 
-__all__ = ['circular_take', 'region_fold', 'region_unfold', 'region_fold_nhwc', 'folded_mean', 'add_region_unfold_',
-           'weighted_channel_branch', 'RegionMlp', 'HireMlp', 'PointwiseMlp', 'hire_step']
+__all__ = ['circular_take', 'region_fold', 'region_unfold', 'region_fold_nhwc', 'region_sums', 'region_mean_layer',
+           'add_region_unfold_', 'weighted_channel_branch', 'RegionMlp', 'HireMlp', 'PointwiseMlp', 'hire_step']
 
 
 def hire_step(block_idx: int, step_stride: int, step_dilation: int) -> int:
@@ -141,10 +143,23 @@ def region_fold_nhwc(x: torch.Tensor, region_size: int, step: int = 0, axis: int
     out = scratch('hire.fold', (B, other, regions * p, C), x) if scratch_active(x) else None
     if shift == 0 and regions * p == n:  # one transposing copy along the height
         return x.reshape(B, other, regions, p * C) if out is None else out.copy_(x).view(B, other, regions, p * C)
-    # roll by +shift then pad circularly == read positions (j - shift) mod n, for j in [0, regions * p)
-    index = torch.arange(-shift, regions * p - shift, device=x.device) % n
-    out = x.index_select(2, index) if out is None else torch.index_select(x, 2, index, out=out)
-    return out.view(B, other, regions, p * C)
+    if out is None:
+        return x.index_select(2, _fold_order(n, regions * p, shift, x.device)).view(B, other, regions, p * C)
+    index = _cached_fold_order(n, regions * p, shift, x.device)
+    return torch.index_select(x, 2, index, out=out).view(B, other, regions, p * C)
+
+
+def _fold_order(n: int, length: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Positions read by :func:`region_fold_nhwc`: roll by +shift then pad circularly to ``length`` == read
+    positions (j - shift) mod n."""
+    return torch.arange(-shift, length - shift, device=device) % n
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_fold_order(n: int, length: int, shift: int, device: torch.device) -> torch.Tensor:
+    """:func:`_fold_order` for plain sizes, built once (inference runs it on every region MLP call)."""
+    with torch.inference_mode(False):  # a normal tensor, usable inside and outside inference mode
+        return _fold_order(n, length, shift, device)
 
 
 def _unfolded(folded: torch.Tensor, channels: int, axis: int) -> torch.Tensor:
@@ -154,36 +169,56 @@ def _unfolded(folded: torch.Tensor, channels: int, axis: int) -> torch.Tensor:
     return x.transpose(1, 2) if axis == 1 else x
 
 
-@register_notrace_function  # reason: which positions are padding depends on the input size
-def folded_mean(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, size: int,
-                region_size: int) -> torch.Tensor:
-    """Per-channel mean over the map of ``region_unfold(F.linear(hidden, weight, bias))``, from ``hidden`` alone.
-
-    The output layer is linear, so the mean of its output is the layer applied to sums of ``hidden``: over all
-    regions for the in-map positions of a region, over all but the last region for the positions that only exist as
-    circular padding (the crop drops them; the roll back is a permutation and does not matter). ``hidden`` has
-    ``C / (2p)`` times the map's numbers, so this is far cheaper than reducing the unfolded map.
+@register_notrace_function  # reason: whether the last region is padded depends on the input size
+def region_sums(hidden: torch.Tensor, size: int, region_size: int) -> torch.Tensor:
+    """Sums of a region MLP's hidden map that its output's spatial mean depends on (:meth:`RegionMlp.mean_layer`).
 
     Args:
-        hidden: (B, other, R, K), the region MLP's hidden activations (rows: the other axis, then regions).
-        weight: (p * C, K), output ``i * C + c`` is channel ``c`` of position ``i`` of a region.
-        bias: (p * C,).
+        hidden: (B, other, R, K), the hidden activations of :meth:`RegionMlp.hidden`.
         size: Length of the folded axis before padding.
         region_size: Positions per region ``p``.
 
     Returns:
-        (B, C).
+        (B, K), the sum over every row and region; (B, 2K) when the last region reaches into the circular padding,
+        the sum over the last region alone following.
     """
-    _, other, regions, k = hidden.shape
-    valid = size - (regions - 1) * region_size  # positions of the last region inside the map; the rest is padding
-    w = weight.reshape(region_size, -1, k)  # (p, C, K)
-    b = bias.reshape(region_size, -1)
-    # summed over the map, the branch output is the layer applied to hidden sums: over every region, less the last
-    # region for the region positions that are padding there (GEMV-sized ops on pooled vectors, no pass over a map)
-    out = F.linear(hidden.sum((1, 2)), w.sum(0), b.sum(0) * (regions * other))
-    if valid < region_size:
-        out = out - F.linear(hidden[:, :, -1].sum(1), w[valid:].sum(0), b[valid:].sum(0) * other)
-    return out / (size * other)
+    total = hidden.sum((1, 2))
+    if hidden.shape[2] * region_size == size:
+        return total
+    return torch.cat((total, hidden[:, :, -1].sum(1)), 1)
+
+
+@register_notrace_function  # reason: whether the last region is padded depends on the input size
+def region_mean_layer(weight: torch.Tensor, bias: torch.Tensor, size: int, other: int,
+                      region_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The spatial mean of a region MLP's output as a linear layer on :func:`region_sums` of its hidden map.
+
+    The output layer is linear, so the mean over the map of its unfolded output is that layer applied to sums of the
+    hidden map: each region position once per region, less the last region's positions that lie in the circular
+    padding (the crop drops them; the roll back only permutes). GEMV-sized work instead of a pass over the map.
+
+    Args:
+        weight: (C * p, K, 1, 1), the output layer (a 1x1 conv); output ``c * p + i`` is channel ``c`` of region
+            position ``i``.
+        bias: (C * p,).
+        size: Length of the folded axis before padding.
+        other: Length of the other axis.
+        region_size: Positions per region ``p``.
+
+    Returns:
+        weight (C, K), or (C, 2K) when the last region is padded, and bias (C,): the mean is
+        ``F.linear(region_sums(hidden, size, p), weight, bias)``.
+    """
+    p = region_size
+    regions = -(-size // p)
+    valid = size - (regions - 1) * p  # positions of the last region inside the map
+    w = weight.view(-1, p, weight.shape[1])
+    b = bias.view(-1, p)
+    mean_weight, mean_bias = w.sum(1) / (size * other), b.sum(1) * (regions / size)
+    if valid < p:
+        mean_weight = torch.cat((mean_weight, w[:, valid:].sum(1) / -(size * other)), 1)
+        mean_bias = mean_bias - b[:, valid:].sum(1) / size
+    return mean_weight, mean_bias
 
 
 @register_notrace_function  # reason: slice bounds depend on the input size
@@ -242,11 +277,11 @@ def weighted_channel_branch(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     return out.view(B, H, W, C)
 
 
-# fx: these are reached from forward_nhwc / forward_folded, which no module forward calls through __call__, so
+# fx: these are reached from forward_nhwc / hidden, which no module forward calls through __call__, so
 # timm's autowrap (which scans the globals of traced forwards) never sees this module; fx.wrap patches the names
 # here for every symbolic trace
-for _fn in ('region_fold_nhwc', 'folded_mean', 'add_region_unfold_', 'linear_residual', 'gelu_mlp_residual',
-            'linear_scratch', 'weighted_channel_branch'):
+for _fn in ('region_fold_nhwc', 'region_sums', 'region_mean_layer', 'add_region_unfold_', 'linear_residual',
+            'gelu_mlp_residual', 'linear_scratch', 'weighted_channel_branch'):
     torch.fx.wrap(_fn)
 
 
@@ -305,35 +340,27 @@ class RegionMlp(nn.Module):
         b2 = self.fc2.bias.reshape(dim, p).t().reshape(p * dim)
         return w1, b1, w2, b2
 
-    def forward_folded(self, x: torch.Tensor, in_norm: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, H, W, C) -> the mixed map, still folded (the :func:`region_fold_nhwc` layout), and its mean (B, C).
-
-        Args:
-            x: Channels-last map.
-            in_norm: An eval-mode BatchNorm to apply to ``x`` first, folded into fc1.
-        """
-        weights = self.folded_weights(in_norm)
-        h, mean = self.hidden_and_mean(x, weights)
-        _, _, w2, b2 = weights
-        return linear_scratch(h, w2, b2, f'hire.branch{self.axis}'), mean
-
-    def hidden_and_mean(self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
-                                                               torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def hidden(self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]
+               ) -> torch.Tensor:
         """(B, H, W, C) -> the hidden map after the ReLU, ``(B, other, R, C / 2)`` in the :func:`region_fold_nhwc`
-        row order, and the mean (B, C) of the branch output fc2 would make from it (:func:`folded_mean`).
+        row order: fc2 (``weights[2:]``) makes the folded branch output from it.
 
         Args:
             x: Channels-last map.
             weights: :meth:`folded_weights`, fetched once by the caller, which applies fc2 itself.
         """
-        w1, b1, w2, b2 = weights
+        w1, b1, _, _ = weights
         # in inference the hidden and folded output maps are scratch buffers, consumed by HireMlp before it returns
         h = linear_scratch(region_fold_nhwc(x, self.region_size, self.step, self.axis - 1), w1, b1,
                            f'hire.hidden{self.axis}')
         if not bn_folds(self.norm):
             h = batch_norm_last(self.norm, h)
-        h = h.relu_() if scratch_active(h) else self.act(h)
-        return h, folded_mean(h, w2, b2, x.shape[self.axis - 1], self.region_size)
+        return h.relu_() if scratch_active(h) else self.act(h)
+
+    def mean_layer(self, size: int, other: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The spatial mean of the branch output on a ``size`` x ``other`` map as a linear layer on
+        :func:`region_sums` of its hidden map (:func:`region_mean_layer`)."""
+        return region_mean_layer(self.fc2.weight, self.fc2.bias, size, other, self.region_size)
 
     def extra_repr(self) -> str:
         return f'region_size={self.region_size}, step={self.step}, axis={self.axis}'
@@ -378,16 +405,18 @@ class HireMlp(nn.Module):
                 (the block's ``norm1``).
             residual: Added to the output by the projection GEMM itself (the block's shortcut).
         """
-        B, H, W, C = x.shape
-        if residual is not None and self._projects_per_sample(x, residual):
-            return self._forward_projected(x, in_norm, residual)
-        h, mean_h = self.height.forward_folded(x, in_norm)
-        w, mean_w = self.width.forward_folded(x, in_norm)
+        weights_h, weights_w = self.height.folded_weights(in_norm), self.width.folded_weights(in_norm)
         wc, bc = self._channel_weights(in_norm)
-        a = self._branch_weights(x, wc, bc, mean_h, mean_w)
-        out = weighted_channel_branch(x, wc, bc, a[..., 2])
-        out = add_region_unfold_(out, h, a[:, None, None, :, 0], self.height.step, 1)
-        out = add_region_unfold_(out, w, a[:, None, None, :, 1], self.width.step, 2)
+        hidden_h, hidden_w = self.height.hidden(x, weights_h), self.width.hidden(x, weights_w)
+        a = self._branch_weights(x, hidden_h, hidden_w, in_norm)
+        if residual is not None and self._projects_per_sample(x, residual):
+            return self._forward_projected(x, (hidden_h, hidden_w), (weights_h, weights_w), wc, bc, a, residual)
+        out = weighted_channel_branch(x, wc, bc, a[:, 2])
+        for k, region, hidden, (_, _, w2, b2) in ((0, self.height, hidden_h, weights_h),
+                                                  (1, self.width, hidden_w, weights_w)):
+            branch = linear_scratch(hidden, w2, b2, f'hire.branch{region.axis}')
+            # assigned: fx sees the in-place add as a node only through its result
+            out = add_region_unfold_(out, branch, a[:, k, None, None], region.step, region.axis - 1)
         wp, bp = self.proj.weight.flatten(1), self.proj.bias
         if residual is not None and not (self.training and self.proj_drop.p > 0):
             return linear_residual(residual, out, wp, bp)
@@ -400,13 +429,34 @@ class HireMlp(nn.Module):
         return cached_fold(self, 'channel', (channel.weight, channel.bias, *bn_sources(in_norm)),
                            lambda: fold_input_norm(channel.weight.flatten(1), channel.bias, in_norm))
 
-    def _branch_weights(self, x: torch.Tensor, wc: torch.Tensor, bc: torch.Tensor, mean_h: torch.Tensor,
-                        mean_w: torch.Tensor) -> torch.Tensor:
-        """(B, C, 3): the softmax weights of the height, width and channel branches per sample and channel."""
-        # the channel branch is linear: its mean is the branch applied to the mean of x
-        mean = mean_h + mean_w + F.linear(x.mean((1, 2)), wc, bc)
-        # reweight output channel c * 3 + k weighs branch k of channel c
-        return self._reweight(mean).reshape(x.shape[0], x.shape[-1], 3).softmax(dim=-1)
+    def _branch_weights(self, x: torch.Tensor, hidden_h: torch.Tensor, hidden_w: torch.Tensor,
+                        in_norm: nn.Module | None) -> torch.Tensor:
+        """(B, 3, C): the softmax weights of the height, width and channel branches per sample and channel.
+
+        They are predicted from the spatial mean of ``h + w + c``, which is one small GEMM on sums of the inputs:
+        the region branches' means come from their hidden maps (:meth:`RegionMlp.mean_layer`), the linear channel
+        branch's from the mean of ``x``.
+        """
+        _, H, W, C = x.shape
+        p = self.height.region_size
+        sources = (self.height.fc2.weight, self.height.fc2.bias, self.width.fc2.weight, self.width.fc2.bias,
+                   self.channel.weight, self.channel.bias, *bn_sources(in_norm), H, W)
+        weight, bias = cached_fold(self, 'mean', sources, lambda: self._mean_layer(in_norm, H, W))
+        sums = torch.cat((region_sums(hidden_h, H, p), region_sums(hidden_w, W, p), x.sum((1, 2))), 1)
+        r = self.reweight
+        logits = r.drop1(r.act(F.linear(F.linear(sums, weight, bias), r.fc1.weight.flatten(1), r.fc1.bias)))
+        # the reweighting's output channel c * 3 + k weighs branch k of channel c: its rows are permuted to k * C + c
+        # so the softmax runs over a leading dimension of 3 (a vectorised kernel, unlike a trailing one)
+        w2, b2 = cached_fold(self, 'reweight', (r.fc2.weight, r.fc2.bias), lambda: (
+            r.fc2.weight.view(C, 3, -1).transpose(0, 1).reshape(3 * C, -1), r.fc2.bias.view(C, 3).t().reshape(-1)))
+        return r.drop2(F.linear(logits, w2, b2)).view(-1, 3, C).softmax(dim=1)
+
+    def _mean_layer(self, in_norm: nn.Module | None, H: int, W: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The spatial mean of ``h + w + c`` as one linear layer on the sums :meth:`_branch_weights` concatenates."""
+        wc, bc = self._channel_weights(in_norm)
+        wh, bh = self.height.mean_layer(H, W)
+        ww, bw = self.width.mean_layer(W, H)
+        return torch.cat((wh, ww, wc / (H * W)), 1), bh + bw + bc
 
     def _projects_per_sample(self, x: torch.Tensor, residual: torch.Tensor) -> bool:
         """True when :meth:`_forward_projected` applies and saves work: in inference, without an active dropout, with
@@ -421,40 +471,37 @@ class HireMlp(nn.Module):
         _, H, W, C = x.shape
         return H * W > (1 + self.height.region_size) * C
 
-    def _forward_projected(self, x: torch.Tensor, in_norm: nn.Module | None, residual: torch.Tensor) -> torch.Tensor:
+    def _forward_projected(self, x: torch.Tensor, hidden: tuple[torch.Tensor, torch.Tensor],
+                           weights: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]], wc: torch.Tensor,
+                           bc: torch.Tensor, a: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``residual + proj(mix)`` with the projection folded into each branch's output layer, per sample.
 
         ``proj(a_h * h + a_w * w + a_c * c)`` is linear in each branch: with ``P_k = W_proj diag(a_k)`` the channel
         branch becomes one batched GEMM with ``P_c W_c`` accumulated onto ``residual``, and the height / width
         outputs are made by ``P_k W_fc2`` (per region position) and added unfolded, unscaled. No mixed map is
         formed and the projection GEMM disappears.
+
+        Args:
+            hidden: The height and width branches' hidden maps (:meth:`RegionMlp.hidden`).
+            weights: Their :meth:`RegionMlp.folded_weights`.
+            wc, bc: The channel branch (:meth:`_channel_weights`).
+            a: The branch weights (:meth:`_branch_weights`).
         """
         B, H, W, C = x.shape
-        weights_h, weights_w = self.height.folded_weights(in_norm), self.width.folded_weights(in_norm)
-        hidden_h, mean_h = self.height.hidden_and_mean(x, weights_h)
-        hidden_w, mean_w = self.width.hidden_and_mean(x, weights_w)
-        wc, bc = self._channel_weights(in_norm)
-        a = self._branch_weights(x, wc, bc, mean_h, mean_w)
         wp = self.proj.weight.flatten(1)
-        proj_h, proj_w, proj_c = (wp * a[:, None, :, k] for k in range(3))  # (B, C, C)
+        proj_h, proj_w, proj_c = (wp * a[:, None, k] for k in range(3))  # (B, C, C)
         out = torch.add(residual, (self.proj.bias + torch.matmul(proj_c, bc))[:, None, None, :])
         out.view(B, H * W, C).baddbmm_(x.reshape(B, H * W, C), torch.matmul(proj_c, wc).transpose(1, 2))
-        for region, hidden, proj_k, (_, _, w2, b2) in ((self.height, hidden_h, proj_h, weights_h),
-                                                      (self.width, hidden_w, proj_w, weights_w)):
-            p, k = region.region_size, hidden.shape[-1]
+        for region, hidden_k, proj_k, (_, _, w2, b2) in zip((self.height, self.width), hidden, (proj_h, proj_w),
+                                                           weights):
+            p, k = region.region_size, hidden_k.shape[-1]
             w2k = torch.matmul(proj_k[:, None], w2.view(p, C, k)).view(B, p * C, k)
             b2k = torch.matmul(proj_k[:, None], b2.view(p, C, 1)).view(B, 1, p * C)
-            rows = hidden.reshape(B, -1, k)
+            rows = hidden_k.reshape(B, -1, k)
             branch = torch.baddbmm(b2k, rows, w2k.transpose(1, 2),
                                    out=scratch(f'hire.branch{region.axis}', (B, rows.shape[1], p * C), x))
-            add_region_unfold_(out, branch.view(*hidden.shape[:-1], p * C), None, region.step, region.axis - 1)
+            add_region_unfold_(out, branch.view(*hidden_k.shape[:-1], p * C), None, region.step, region.axis - 1)
         return out
-
-    def _reweight(self, x: torch.Tensor) -> torch.Tensor:
-        """The reweighting MLP (1x1 convs) on pooled vectors (B, C), as linear layers."""
-        r = self.reweight
-        x = r.drop1(r.act(F.linear(x, r.fc1.weight.flatten(1), r.fc1.bias)))
-        return r.drop2(F.linear(x, r.fc2.weight.flatten(1), r.fc2.bias))
 
 
 class PointwiseMlp(nn.Module):
