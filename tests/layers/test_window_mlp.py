@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import visionmix.layers.window_mlp as window_mlp
 from visionmix.layers.window_mlp import (
     WindowSpatialMlp, pad_to_windows, window_pad_sizes, window_partition, window_reverse, window_spatial_mix)
 
@@ -108,7 +109,8 @@ def test_non_contiguous_input_matches_dense_reference(H, W, shift):
     x = torch.randn(2, W, H, 12).transpose(1, 2)
     with torch.no_grad():
         torch.testing.assert_close(m(x), dense_reference(x, m.weight, m.bias, 4, shift), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(m(x), m(x.contiguous()), rtol=0, atol=0)
+        # the contiguous map skips the padding (sub-blocks of the weights): the same sums, fewer zero terms
+        torch.testing.assert_close(m(x), m(x.contiguous()), rtol=1e-6, atol=1e-6)
 
 
 def test_matches_grouped_conv1d_formulation():
@@ -133,9 +135,44 @@ def test_padding_adds_nothing_where_sizes_divide():
     with torch.no_grad():
         padded_inside = m(x)
         unpadded = m(F.pad(x, (0, 0, 0, 2, 0, 2)))[:, :10, :6]
-    assert torch.equal(padded_inside, unpadded)
+    torch.testing.assert_close(padded_inside, unpadded, rtol=1e-6, atol=1e-6)
     y = x[:, :8, :4].contiguous()
     assert pad_to_windows(y, (4, 4)) is y  # nothing to pad: no copy
+
+
+@pytest.mark.parametrize('size, window, shift, expected', [
+    (16, 8, 4, [(0, 1, 4, 4), (4, 1, 0, 8), (12, 1, 0, 4)]),  # Swin-MLP stage 3: 24 padded positions, 3 kinds
+    (64, 8, 4, [(0, 1, 4, 4), (4, 7, 0, 8), (60, 1, 0, 4)]),
+    (16, 8, 0, [(0, 2, 0, 8)]),
+    (10, 8, 0, [(0, 1, 0, 8), (8, 1, 0, 2)]),
+    (5, 8, 4, [(0, 1, 4, 4), (4, 1, 0, 1)]),  # a map smaller than the window
+])
+def test_window_groups_cover_the_map_once(size, window, shift, expected):
+    groups = window_mlp._window_groups(size, window, shift)
+    assert groups == expected
+    covered = [y for y0, n, _, length in groups for y in range(y0, y0 + n * length)]
+    assert covered == list(range(size))
+
+
+@pytest.mark.parametrize('H, W, ws, shift, with_bias, with_residual', [
+    (16, 16, 8, 4, True, True), (9, 7, 4, 2, True, False), (10, 12, 4, 0, False, True), (5, 6, 8, 4, True, True),
+    (8, 8, 4, 0, True, True),
+])
+def test_inference_over_map_tokens_equals_the_padded_mix(H, W, ws, shift, with_bias, with_residual):
+    """Inference mixes each window group over its map tokens only (no padding): the padded formulation's result,
+    with or without residual and bias."""
+    torch.manual_seed(0)
+    m = random_mixer(12, 3, ws, shift)
+    if not with_bias:
+        m.bias = None
+    x = torch.randn(2, H, W, 12)
+    residual = torch.randn(2, H, W, 12) if with_residual else None
+    expected = m(x, residual)  # autograd on: pad, partition, one matmul, crop
+    assert expected.requires_grad
+    with torch.inference_mode():
+        out = m(x, residual)
+        assert out.is_contiguous()
+    torch.testing.assert_close(out, expected.detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_partition_roundtrip():
