@@ -8,7 +8,9 @@ channels of that head.
 A shifted window is not a cyclic roll here (there is no attention mask to undo the wrap-around): the map is
 zero-padded by ``window - shift`` before and ``shift`` after, partitioned, mixed and cropped, as the official code
 does. On top of that the map is padded up to a whole number of windows, so any height and width work; where the
-sizes already divide, that extra padding is zero and the computation is exactly the unpadded one.
+sizes already divide, that extra padding is zero and the computation is exactly the unpadded one. That is the
+definition (and the autograd path); inference never forms the padded tokens, which add nothing to a mix and whose
+outputs are cropped: each window is mixed over its map tokens by a sub-block of the weights (``window_spatial_mix``).
 
 Everything works on ``(B, H, W, C)`` tensors.
 """
