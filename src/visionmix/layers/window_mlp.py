@@ -163,8 +163,9 @@ def _map_token_plan(B: int, H: int, W: int, heads: int, window_size: tuple[int, 
     Returns:
         Row indices into the ``(B * H * W * heads, head_dim)`` view of the map that lay out, group after group, each
         group's tokens as ``(heads, window tokens, B, windows down, windows across)``; and per group ``(its rows,
-        its token indices within a window, (first row, windows down, rows per window), (first column, windows
-        across, columns per window))``.
+        its token indices within a window, those tokens' (output, input) pairs as indices into a flattened
+        ``(tokens, tokens)`` matrix, (first row, windows down, rows per window), (first column, windows across,
+        columns per window))``.
     """
     (wh, ww), (sh, sw) = window_size, shift_size
     with torch.inference_mode(False):  # normal tensors, usable inside and outside inference mode
@@ -176,7 +177,8 @@ def _map_token_plan(B: int, H: int, W: int, heads: int, window_size: tuple[int, 
                 order.append(part.permute(5, 2, 4, 0, 1, 3).reshape(-1))
                 in_window = ((torch.arange(oh, oh + lh, device=device) * ww)[:, None]
                              + torch.arange(ow, ow + lw, device=device)).reshape(-1)
-                groups.append((slice(start, start + len(order[-1])), in_window, (y0, nh, lh), (x0, nw, lw)))
+                pairs = (in_window[:, None] * (wh * ww) + in_window).reshape(-1)
+                groups.append((slice(start, start + len(order[-1])), in_window, pairs, (y0, nh, lh), (x0, nw, lw)))
                 start += len(order[-1])
         return torch.cat(order), tuple(groups)
 
@@ -197,15 +199,17 @@ def _mix_map_tokens(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     gathered = torch.index_select(x.view(-1, d), 0, index, out=scratch('window.tokens', (len(index), d), x))
     mixed = scratch('window.mixed', gathered.shape, x)
     out = torch.empty_like(x)
-    for rows, in_window, (y0, nh, lh), (x0, nw, lw) in groups:
+    for rows, in_window, pairs, (y0, nh, lh), (x0, nw, lw) in groups:
         n = len(in_window)
         part_in, part_out = gathered[rows].view(heads, n, -1), mixed[rows].view(heads, n, -1)
-        # a window cut by the map border mixes its map tokens with the matching sub-block of the weights
-        w = weight if n == tokens else weight[:, in_window][:, :, in_window]
+        # a window cut by the map border mixes its map tokens with the matching sub-block of the weights, taken by
+        # one gather from the flattened matrices (4-7x faster than indexing rows, then columns)
+        w = weight if n == tokens else weight.flatten(1).index_select(1, pairs).view(heads, n, n)
         if bias is None:
             torch.bmm(w, part_in, out=part_out)
         else:
-            torch.baddbmm((bias if n == tokens else bias[:, in_window]).unsqueeze(-1), w, part_in, out=part_out)
+            b = bias if n == tokens else bias.index_select(1, in_window)
+            torch.baddbmm(b.unsqueeze(-1), w, part_in, out=part_out)
         # (heads, lh, lw, B, nh, nw, d) -> (B, nh, lh, nw, lw, heads, d): the group's block of the map
         result = part_out.view(heads, lh, lw, B, nh, nw, d).permute(3, 4, 1, 5, 2, 0, 6)
         block = (slice(None), slice(y0, y0 + nh * lh), slice(x0, x0 + nw * lw))
