@@ -1,8 +1,8 @@
 """visionmix.deploy: ONNX / pt2 export checked against eager, ONNX Runtime inference and the backend comparison.
 
 Models are tiny (32-64 px, a few channels) so the default run stays short; one model per family runs through the
-export + onnxruntime equality, the heavier families under ``-m slow``. Timings are never asserted on (the machine is
-shared), only that they exist and are positive.
+export + onnxruntime equality (shrunk widths and depths in the default run, the full-width models under
+``-m slow``). Timings are never asserted on (the machine is shared), only that they exist and are positive.
 """
 from __future__ import annotations
 
@@ -365,6 +365,25 @@ def test_family_onnx_export(tmp_path, name, kwargs, size, dynamic):
     out = runner(x)
     segmentation = visionmix.model_card(name).family == 'segmentation'
     assert out.shape == ((3, 3, size, size) if segmentation else (3, 3))
+    assert _rel(model, runner, x) <= RTOL
+
+
+@pytest.mark.parametrize('name, kwargs, size', [
+    ('hire_mlp_tiny', {'depths': (1, 1, 1, 1), 'dims': (16, 32, 48, 64)}, 32),
+    # two blocks in stage 1 (16 x 16 tokens, window 8): the second one shifted, so padded windows are exported
+    ('swin_mlp_tiny_c24_patch4_window8_256', {'img_size': 64, 'embed_dim': 24, 'depths': (2, 1, 1, 1)}, 64),
+    ('mobile_former_26m', {}, 64),
+    ('unext', {'dims': (8, 16, 32, 48, 64)}, 64),
+])
+def test_family_onnx_export_tiny(tmp_path, name, kwargs, size):
+    """Export + ONNX Runtime equality for every other family in the default run, at tiny widths and depths (the
+    full-width models above run under ``-m slow``)."""
+    torch.manual_seed(0)
+    model = visionmix.create_model(name, num_classes=3, **kwargs).eval()
+    result = export_model(model, tmp_path / f'{name}.onnx', img_size=size, dynamic_size=False)
+    assert max(result.max_rel_diff) <= RTOL and result.dynamic_batch, result.notes
+    runner = OnnxRuntimeModel(result.path, threads=1)
+    x = torch.randn(3, 3, size, size)
     assert _rel(model, runner, x) <= RTOL
 
 
